@@ -1,0 +1,88 @@
+/**
+ * cy-sidecar: a data-plane proxy between an inference gateway (gRPC) and
+ * the inference worker beside it (framed JSON over a Unix socket).
+ *
+ * Reads top to bottom: parse flags, load the configuration, start, log the
+ * bound addresses, wait for a signal, drain, exit.
+ */
+
+import { ConfigError, loadConfig } from "./src/config/mod.ts";
+import { waitForShutdownSignal } from "./src/lifecycle/signals.ts";
+import { createLogger } from "./src/log/logger.ts";
+import { startSidecar } from "./src/sidecar.ts";
+import { SIDECAR_VERSION } from "./src/version.ts";
+
+const USAGE = `cy-sidecar ${SIDECAR_VERSION}
+
+Usage: cy-sidecar [--config FILE] [--check-config] [--version] [--help]
+
+  --config FILE    read settings from FILE (TOML); without it the embedded
+                   defaults are used (see docs/configuration.md)
+  --check-config   validate the configuration, print every problem, and exit
+  --version        print the version and exit
+  --help           print this text and exit
+`;
+
+interface Flags {
+  config?: string;
+  checkConfig: boolean;
+}
+
+function parseFlags(args: string[]): Flags {
+  const flags: Flags = { checkConfig: false };
+  for (let i = 0; i < args.length; i++) {
+    const arg = args[i];
+    if (arg === "--help" || arg === "-h") {
+      console.log(USAGE);
+      Deno.exit(0);
+    } else if (arg === "--version") {
+      console.log(`cy-sidecar ${SIDECAR_VERSION}`);
+      Deno.exit(0);
+    } else if (arg === "--check-config") {
+      flags.checkConfig = true;
+    } else if (arg === "--config" && i + 1 < args.length) {
+      flags.config = args[++i];
+    } else if (arg.startsWith("--config=")) {
+      flags.config = arg.slice("--config=".length);
+    } else {
+      console.error(`cy-sidecar: unknown argument ${JSON.stringify(arg)}\n\n${USAGE}`);
+      Deno.exit(2);
+    }
+  }
+  return flags;
+}
+
+async function main(): Promise<void> {
+  const flags = parseFlags(Deno.args);
+
+  let config;
+  try {
+    config = await loadConfig(flags.config);
+  } catch (err) {
+    if (!(err instanceof ConfigError)) throw err;
+    console.error(err.message);
+    Deno.exit(1);
+  }
+  if (flags.checkConfig) {
+    console.log(`${flags.config ?? "(embedded defaults)"}: ok`);
+    return;
+  }
+
+  const log = createLogger({ level: config.observability.logLevel, format: config.observability.logFormat });
+  const sidecar = await startSidecar(config, log);
+  log.info("cy-sidecar started", {
+    version: SIDECAR_VERSION,
+    config: flags.config ?? "(embedded defaults)",
+    grpc_addr: `${config.server.bindHost}:${sidecar.grpcPort}`,
+    metrics_addr: `${config.observability.metricsHost}:${sidecar.metricsPort}`,
+    worker_socket: config.server.workerSocketPath,
+  });
+
+  const signal = await waitForShutdownSignal(log);
+  log.info("shutting down", { signal, grace_ms: config.server.shutdownGraceMs });
+  await sidecar.shutdown(config.server.shutdownGraceMs);
+  log.info("stopped");
+  Deno.exit(0);
+}
+
+if (import.meta.main) await main();

@@ -1,0 +1,79 @@
+/**
+ * `Sidecar.Generate`: one generation per call. Events are written as they
+ * arrive; the call ends with OK after `done`, or with the failure's status
+ * (and a `grpc-retry-pushback-ms` trailer when a retry is expected to work).
+ *
+ * @module
+ */
+
+import * as grpc from "@grpc/grpc-js";
+import { SidecarError } from "../errors.ts";
+import { statusFor } from "./status_map.ts";
+import { FlowGate } from "./flow_gate.ts";
+import { Generation, type GenerationDeps } from "./generation.ts";
+import type { GenerateEventPb, GenerateRequestPb } from "./types.ts";
+import { validateRequest } from "./validate.ts";
+
+type Call = grpc.ServerWritableStream<GenerateRequestPb, GenerateEventPb>;
+
+/** Builds the Generate handler. */
+export function generateHandler(deps: GenerationDeps): grpc.handleServerStreamingCall<GenerateRequestPb, GenerateEventPb> {
+  return (call: Call) => {
+    const checked = validateRequest(call.request);
+    if (!checked.ok) {
+      endWithError(call, checked.error, deps);
+      return;
+    }
+
+    let open = true;
+    const gate = new FlowGate<GenerateEventPb>(call);
+    const gen = new Generation(deps, {
+      request: checked.value,
+      rpc: "Generate",
+      gate,
+      output: {
+        event: (ev) => {
+          if (open) gate.write(ev);
+        },
+        done: (ev) => {
+          if (!open) return;
+          open = false;
+          gate.write(ev);
+          call.end();
+        },
+        failed: (error) => {
+          if (!open) return;
+          open = false;
+          endWithError(call, error, deps);
+        },
+      },
+    });
+
+    call.on("cancelled", () => {
+      // grpc-js also reports "cancelled" after a normal end; only a call we
+      // have not ended was cancelled by the client or its deadline.
+      if (!open) return;
+      open = false;
+      const deadline = call.getDeadline();
+      const expired = deadline instanceof Date
+        ? deadline.getTime() <= Date.now() + 5
+        : Number.isFinite(deadline) && deadline <= Date.now() + 5;
+      gen.cancel(expired ? "deadline_exceeded" : "client_cancelled");
+    });
+    call.on("error", (err) => {
+      deps.metrics.gatewaySendErrors.inc({ kind: "stream_error" });
+      deps.log.debug("gateway stream error", { request_id: gen.requestId, error: err });
+    });
+
+    gen.start();
+  };
+}
+
+function endWithError(call: Call, error: SidecarError, deps: GenerationDeps): void {
+  try {
+    call.emit("error", statusFor(error));
+  } catch (err) {
+    deps.metrics.gatewaySendErrors.inc({ kind: "status" });
+    deps.log.debug("could not send status", { error: err });
+  }
+}

@@ -1,0 +1,288 @@
+/**
+ * Binds one generation to a gateway stream: forwards worker events as gRPC
+ * events the moment they arrive, counts the token ids it delivers (the
+ * meter), gives flow-control credit back as the stream takes chunks, and
+ * reports exactly one outcome.
+ *
+ * Shared by `Generate` (one generation per call) and `Session` (many per
+ * call); what differs is the {@link GenerationOutput}.
+ *
+ * @module
+ */
+
+import { GrpcCode, SidecarError } from "../errors.ts";
+import type { Logger } from "../log/logger.ts";
+import type { SidecarMetrics } from "../metrics/registry.ts";
+import type { Clock, TimerId } from "../util/clock.ts";
+import type { WorkerClient } from "../worker/client.ts";
+import type { GenerationHandle, GenerationSink, WorkerDone } from "../worker/exchange.ts";
+import type { CancelReason } from "../worker/messages.ts";
+import type { FlowGate } from "./flow_gate.ts";
+import type { GenerateEventPb, UsagePb } from "./types.ts";
+import type { ValidatedRequest } from "./validate.ts";
+
+/** How a generation ended, for metering and metrics. */
+export interface GenerationOutcome {
+  requestId: string;
+  sessionId: string;
+  modelId: string;
+  billingLabels: Record<string, string>;
+  /** `stop`, `length`, `cancelled`, `deadline_exceeded`, `error`, or the worker's reason. */
+  finishReason: string;
+  promptTokens: number;
+  /** Token ids delivered to the gateway stream. */
+  completionTokens: number;
+  /** The worker's own claim, when it sent `done`. */
+  workerCompletionTokens: number | null;
+  /** Wall-clock milliseconds since the epoch. */
+  startedAtMs: number;
+  endedAtMs: number;
+  /** The failure, if any. */
+  error: SidecarError | null;
+}
+
+/** Receives every outcome; may persist it before the final event goes out. */
+export type OutcomeRecorder = (outcome: GenerationOutcome) => Promise<void> | void;
+
+/** Where a generation writes; implemented per RPC. */
+export interface GenerationOutput {
+  /** A non-final event (chunk or system message). */
+  event(ev: GenerateEventPb): void;
+  /** The final `done` event. */
+  done(ev: GenerateEventPb): void;
+  /** The generation failed; `usage` is what was delivered. */
+  failed(error: SidecarError, usage: UsagePb): void;
+}
+
+/** What a generation needs from the sidecar. */
+export interface GenerationDeps {
+  worker: WorkerClient;
+  metrics: SidecarMetrics;
+  log: Logger;
+  clock: Clock;
+  record: OutcomeRecorder;
+}
+
+/** One generation on a gateway stream. */
+export class Generation implements GenerationSink {
+  readonly requestId: string;
+  #deps: GenerationDeps;
+  #req: ValidatedRequest;
+  #rpc: string;
+  #out: GenerationOutput;
+  #gate: FlowGate;
+  #handle: GenerationHandle | null = null;
+  #ended = false;
+  #delivered = 0;
+  #owed = 0;
+  #startedAt: number;
+  #startedAtMs = Date.now();
+  #firstTokenSeen = false;
+  #tokens: { inc(n: number): void } | null = null;
+  #timer: TimerId | null = null;
+  #onEnd: () => void;
+
+  constructor(
+    deps: GenerationDeps,
+    init: {
+      request: ValidatedRequest;
+      rpc: "Generate" | "Session";
+      output: GenerationOutput;
+      gate: FlowGate;
+      onEnd?: () => void;
+    },
+  ) {
+    this.#deps = deps;
+    this.#req = init.request;
+    this.requestId = init.request.generation.id;
+    this.#rpc = init.rpc;
+    this.#out = init.output;
+    this.#gate = init.gate;
+    this.#onEnd = init.onEnd ?? (() => {});
+    this.#startedAt = deps.clock.now();
+  }
+
+  /** Whether the generation has reported its outcome. */
+  get ended(): boolean {
+    return this.#ended;
+  }
+
+  /** Submits to the worker; failures are reported through the output. */
+  start(): void {
+    const result = this.#deps.worker.submit(this.#req.generation, this);
+    if (!result.ok) {
+      this.fail(result.error);
+      return;
+    }
+    this.#handle = result.handle;
+    if (this.#req.timeoutMs > 0 && !this.#ended) {
+      this.#timer = this.#deps.clock.setTimeout(() => {
+        this.#timer = null;
+        this.cancel("deadline_exceeded");
+      }, this.#req.timeoutMs);
+    }
+  }
+
+  /**
+   * Stops the generation on the gateway's behalf (cancel, disconnect or
+   * deadline) and reports what was delivered.
+   */
+  cancel(reason: CancelReason): void {
+    if (this.#ended) return;
+    this.#handle?.cancel(reason);
+    const deadline = reason === "deadline_exceeded";
+    const error = deadline
+      ? new SidecarError("deadline", `request ${this.requestId} exceeded its deadline`)
+      : new SidecarError("cancelled", `request ${this.requestId} was cancelled by the client`);
+    this.#finish(deadline ? "deadline_exceeded" : "cancelled", 0, null, error);
+  }
+
+  /** Gives credit owed to this generation back after the stream drained. */
+  release(): void {
+    if (this.#owed > 0 && !this.#ended) {
+      this.#handle?.grant(this.#owed);
+    }
+    this.#owed = 0;
+  }
+
+  // ---- GenerationSink: events from the worker ----
+
+  chunk(text: string, tokenIds: number[]): void {
+    if (this.#ended) return;
+    if (!this.#firstTokenSeen) {
+      this.#firstTokenSeen = true;
+      this.#deps.metrics.timeToFirstToken.observe(
+        { model_id: this.#modelId() },
+        (this.#deps.clock.now() - this.#startedAt) / 1000,
+      );
+      this.#tokens = this.#deps.metrics.tokensProcessed.labels({
+        session_id: this.#req.generation.sessionId,
+        model_id: this.#modelId(),
+      });
+    }
+
+    this.#out.event({ request_id: this.requestId, chunk: { text, token_ids: tokenIds } });
+    // Counted once handed to the stream: this is what the caller is billed.
+    this.#delivered += tokenIds.length;
+    if (tokenIds.length > 0) this.#tokens!.inc(tokenIds.length);
+
+    if (this.#gate.blocked) {
+      this.#owed++;
+      this.#gate.wait(this);
+    } else {
+      this.#handle?.grant(1);
+    }
+  }
+
+  system(kind: "reloading" | "resumed", text: string, etaMs: number): void {
+    if (this.#ended) return;
+    this.#out.event({
+      request_id: this.requestId,
+      system: { kind: kind === "reloading" ? "RELOADING" : "RESUMED", text, eta_ms: etaMs },
+    });
+  }
+
+  done(result: WorkerDone): void {
+    if (this.#ended) return;
+    this.#finish(result.finishReason, result.usage.prompt_tokens, result.usage.completion_tokens, null, result.modelId);
+  }
+
+  fail(error: SidecarError): void {
+    if (this.#ended) return;
+    this.#finish("error", 0, null, error);
+  }
+
+  // ---- the one exit ----
+
+  #finish(
+    finishReason: string,
+    promptTokens: number,
+    workerCompletion: number | null,
+    error: SidecarError | null,
+    modelId = this.#modelId(),
+  ): void {
+    this.#ended = true;
+    if (this.#timer !== null) this.#deps.clock.clearTimeout(this.#timer);
+
+    const outcome: GenerationOutcome = {
+      requestId: this.requestId,
+      sessionId: this.#req.generation.sessionId,
+      modelId,
+      billingLabels: this.#req.billingLabels,
+      finishReason,
+      promptTokens,
+      completionTokens: this.#delivered,
+      workerCompletionTokens: workerCompletion,
+      startedAtMs: this.#startedAtMs,
+      endedAtMs: Date.now(),
+      error,
+    };
+    this.#observe(outcome);
+
+    const usage: UsagePb = { prompt_tokens: promptTokens, completion_tokens: this.#delivered };
+    const emit = () => {
+      if (error === null) {
+        this.#out.done({
+          request_id: this.requestId,
+          done: { finish_reason: finishReason, usage, model_id: modelId },
+        });
+      } else {
+        this.#out.failed(error, usage);
+      }
+      this.#onEnd();
+    };
+
+    // The outcome is recorded before the caller sees the end, so that a
+    // generation the gateway saw complete is always metered.
+    let pending: Promise<void> | void;
+    try {
+      pending = this.#deps.record(outcome);
+    } catch (err) {
+      pending = Promise.reject(err);
+    }
+    if (pending instanceof Promise) {
+      pending.then(emit, (err) => {
+        this.#deps.log.error("usage could not be recorded", { request_id: this.requestId, error: err });
+        emit();
+      });
+    } else {
+      emit();
+    }
+  }
+
+  #observe(o: GenerationOutcome): void {
+    const m = this.#deps.metrics;
+    const code = o.error ? o.error.grpcCode : GrpcCode.OK;
+    m.requests.inc({ rpc: this.#rpc, code: CODE_NAMES[code] ?? String(code) });
+    m.requestDuration.observe({ rpc: this.#rpc }, (this.#deps.clock.now() - this.#startedAt) / 1000);
+
+    if (o.workerCompletionTokens !== null && o.workerCompletionTokens !== o.completionTokens) {
+      m.usageMismatches.inc({ model_id: o.modelId });
+      this.#deps.log.warn("worker usage disagrees with delivered tokens; billing delivered", {
+        request_id: o.requestId,
+        session_id: o.sessionId,
+        worker_completion_tokens: o.workerCompletionTokens,
+        delivered_completion_tokens: o.completionTokens,
+      });
+    }
+    if (this.#deps.log.enabled("debug")) {
+      this.#deps.log.debug("generation ended", {
+        request_id: o.requestId,
+        session_id: o.sessionId,
+        finish_reason: o.finishReason,
+        completion_tokens: o.completionTokens,
+        error: o.error?.message,
+      });
+    }
+  }
+
+  #modelId(): string {
+    const s = this.#deps.worker.state;
+    return "info" in s ? s.info.modelId : this.#req.generation.modelId;
+  }
+}
+
+/** gRPC status code names, for the `code` label. */
+export const CODE_NAMES: Record<number, string> = Object.fromEntries(
+  Object.entries(GrpcCode).map(([name, code]) => [code, name]),
+);

@@ -1,0 +1,46 @@
+/**
+ * The gRPC service definitions, built from the embedded .proto sources.
+ *
+ * @module
+ */
+
+import * as grpc from "@grpc/grpc-js";
+import { fromJSON, type Options } from "@grpc/proto-loader";
+import protobuf from "protobufjs";
+import { HEALTH_PROTO, SIDECAR_PROTO } from "./proto_source.ts";
+
+// Field names stay as written in the .proto (snake_case), 64-bit integers
+// arrive as strings (validated before use), enums as their names, and
+// absent fields as their defaults so handlers need no undefined checks.
+const LOADER_OPTIONS: Options = {
+  keepCase: true,
+  longs: String,
+  enums: String,
+  defaults: true,
+  oneofs: true,
+};
+
+function load(source: string): grpc.GrpcObject {
+  const root = protobuf.parse(source, { keepCase: true }).root;
+  return grpc.loadPackageDefinition(fromJSON(root.toJSON(), LOADER_OPTIONS));
+}
+
+function service(pkg: grpc.GrpcObject, path: string): grpc.ServiceDefinition {
+  let node: unknown = pkg;
+  for (const part of path.split(".")) node = (node as Record<string, unknown>)[part];
+  return (node as { service: grpc.ServiceDefinition }).service;
+}
+
+const sidecarPkg = load(SIDECAR_PROTO);
+const healthPkg = load(HEALTH_PROTO);
+
+/** `cy.sidecar.v1.Sidecar`. */
+export const SIDECAR_SERVICE: grpc.ServiceDefinition = service(sidecarPkg, "cy.sidecar.v1.Sidecar");
+
+/** `grpc.health.v1.Health`. */
+export const HEALTH_SERVICE: grpc.ServiceDefinition = service(healthPkg, "grpc.health.v1.Health");
+
+/** Client constructors, for tests and tools. */
+export const SidecarClient = (sidecarPkg as any).cy.sidecar.v1.Sidecar as grpc.ServiceClientConstructor;
+/** Client constructor of the health service. */
+export const HealthClient = (healthPkg as any).grpc.health.v1.Health as grpc.ServiceClientConstructor;

@@ -1,0 +1,102 @@
+/**
+ * Assembles a sidecar from its configuration: the worker client, the
+ * gateway gRPC server and the observability server, and the order in which
+ * they stop.
+ *
+ * @module
+ */
+
+import type { Config } from "./config/mod.ts";
+import type { Logger } from "./log/logger.ts";
+import { startMetricsServer } from "./metrics/http.ts";
+import { SidecarMetrics } from "./metrics/registry.ts";
+import { startGatewayServer } from "./gateway/server.ts";
+import type { GenerationDeps } from "./gateway/generation.ts";
+import { realClock } from "./util/clock.ts";
+import { SIDECAR_AGENT } from "./version.ts";
+import { WorkerClient } from "./worker/client.ts";
+import { statusLabel } from "./worker/state.ts";
+
+/** A running sidecar. */
+export interface Sidecar {
+  grpcPort: number;
+  metricsPort: number;
+  worker: WorkerClient;
+  metrics: SidecarMetrics;
+  /** Drains in-flight generations for at most `graceMs`, then stops everything. */
+  shutdown(graceMs: number): Promise<void>;
+}
+
+/** Starts every part of the sidecar described by `config`. */
+export async function startSidecar(config: Config, log: Logger): Promise<Sidecar> {
+  const metrics = new SidecarMetrics();
+  const clock = realClock;
+
+  const worker = new WorkerClient({
+    socketPath: config.server.workerSocketPath,
+    maxFrameBytes: config.worker.maxFrameBytes,
+    handshakeTimeoutMs: config.worker.handshakeTimeoutMs,
+    checkIntervalMs: config.health.checkIntervalMs,
+    heartbeatTimeoutMs: config.health.heartbeatTimeoutMs,
+    reconnectDelayMs: config.health.reconnectDelayMs,
+    reconnectMaxDelayMs: config.health.reconnectMaxDelayMs,
+    requestIdleTimeoutMs: config.worker.requestIdleTimeoutMs,
+    streamCreditChunks: config.worker.streamCreditChunks,
+    maxQueuedRequests: config.worker.maxQueuedRequests,
+    queueTimeoutMs: config.worker.queueTimeoutMs,
+    reloadGraceMs: config.health.reloadGraceMs,
+    maxHoldMs: config.health.maxHoldMs,
+    maxHeldRequests: config.health.maxHeldRequests,
+    agent: SIDECAR_AGENT,
+    logger: log.child({ component: "worker" }),
+    clock,
+    onConnectionError: (kind) => metrics.workerConnectionErrors.inc({ kind }),
+  });
+  worker.onStateChange((s) => metrics.setWorkerStatus(statusLabel(s)));
+  metrics.gaugeFrom("sidecar_generations_in_flight", "Generations sent to the worker and not yet finished.", () => worker.inFlight);
+  metrics.gaugeFrom("sidecar_generations_waiting", "Generations waiting for a worker slot or held during a reload.", () => worker.waiting);
+
+  const deps: GenerationDeps = {
+    worker,
+    metrics,
+    log: log.child({ component: "gateway" }),
+    clock,
+    record: () => {},
+  };
+
+  let shuttingDown = false;
+  const grpcServer = await startGatewayServer(deps, {
+    host: config.server.bindHost,
+    port: config.server.bindPort,
+    maxConcurrentStreams: config.server.maxConcurrentStreams,
+    maxRequestBytes: config.server.maxRequestBytes,
+  });
+  const metricsServer = startMetricsServer({
+    host: config.observability.metricsHost,
+    port: config.observability.metricsPort,
+    metrics,
+    worker,
+    shuttingDown: () => shuttingDown,
+  });
+  worker.start();
+
+  return {
+    grpcPort: grpcServer.port,
+    metricsPort: metricsServer.port,
+    worker,
+    metrics,
+    async shutdown(graceMs: number) {
+      shuttingDown = true;
+
+      // Refuse new streams (GOAWAY) while the ones in flight finish.
+      const closed = new Promise<void>((resolve) => grpcServer.server.tryShutdown(() => resolve()));
+      const left = await worker.drain(graceMs);
+      if (left > 0) log.warn("shutdown grace ran out; cancelling generations", { in_flight: left });
+
+      worker.stop();
+      grpcServer.server.forceShutdown();
+      await closed;
+      await metricsServer.server.shutdown();
+    },
+  };
+}

@@ -1,0 +1,88 @@
+/**
+ * The worker connection's state machine, in one place.
+ *
+ * ```
+ *            connect ok, welcome "ready"
+ * connecting ─────────────────────────────▶ ready ◀──────────┐
+ *   │  ▲  │  connect ok, welcome "reloading"  │ status        │ status "ready"
+ *   │  │  └──────────────────────────▶ reloading ◀────────────┤ (same or new
+ *   │  │ retry timer                  │  ▲  status          │  connection)
+ *   │  │                              │  └──"reloading"─ ready
+ *   ▼  │  connect failed /            │ connection lost: stay reloading,
+ * disconnected ◀── connection lost ───┘ reconnect quickly until the hold ends
+ *   ▲            (from ready, draining)
+ *   └──────────────── draining ◀── status "draining" (from ready)
+ * ```
+ *
+ * As a circuit breaker: `ready` is closed (requests flow), `disconnected` is
+ * open (requests fail at once with a retry hint), `connecting` is half-open
+ * (one reconnect attempt; its handshake closes the circuit). `reloading`
+ * holds requests instead of failing them; `draining` fails them at once.
+ * `stopped` is final: the sidecar is shutting down.
+ *
+ * @module
+ */
+
+/** What the worker told us about itself. */
+export interface WorkerInfo {
+  modelId: string;
+  maxConcurrency: number;
+  protocolVersion: number;
+  worker: string;
+}
+
+/** The connection state; `since` is a {@link Clock} reading in ms. */
+export type WorkerState =
+  | { state: "connecting"; since: number; attempt: number }
+  | {
+    state: "disconnected";
+    since: number;
+    attempt: number;
+    retryAt: number;
+    lastError: string;
+  }
+  | { state: "ready"; since: number; info: WorkerInfo }
+  | {
+    state: "reloading";
+    since: number;
+    info: WorkerInfo;
+    etaMs: number;
+    /** Held requests fail after this clock reading. */
+    holdUntil: number;
+    connected: boolean;
+    message: string;
+  }
+  | { state: "draining"; since: number; info: WorkerInfo }
+  | { state: "stopped"; since: number };
+
+/** Values of `sidecar_worker_connection_status{status}`. */
+export type StatusLabel = "connected" | "disconnected" | "reloading" | "draining";
+
+/** All label values, so every series exists from start-up. */
+export const STATUS_LABELS: readonly StatusLabel[] = [
+  "connected",
+  "disconnected",
+  "reloading",
+  "draining",
+];
+
+/** The metric label for a state. */
+export function statusLabel(s: WorkerState): StatusLabel {
+  switch (s.state) {
+    case "ready":
+      return "connected";
+    case "reloading":
+      return "reloading";
+    case "draining":
+      return "draining";
+    case "connecting":
+    case "disconnected":
+    case "stopped":
+      return "disconnected";
+  }
+}
+
+/** True when new generations can be sent to the worker. */
+export function acceptsWork(s: WorkerState): boolean {
+  return s.state === "ready";
+}

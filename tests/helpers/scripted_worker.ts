@@ -1,0 +1,150 @@
+/**
+ * A worker whose every frame the test scripts, listening on a real Unix
+ * socket. For checking how the sidecar's side reacts to a worker that
+ * misbehaves in ways the reference package never would.
+ */
+
+import { encodeFrame, FrameDecoder } from "../../src/worker/framing.ts";
+import { decodeSidecarMessage, type SidecarMessage } from "../../src/worker/messages.ts";
+
+/** One accepted connection, seen from the worker's side. */
+export class ScriptedPeer {
+  readonly conn: Deno.UnixConn;
+  #decoder = new FrameDecoder({ maxFrameBytes: 1 << 20 });
+  #inbox: SidecarMessage[] = [];
+  #waiters: (() => void)[] = [];
+  closed = false;
+
+  constructor(conn: Deno.UnixConn) {
+    this.conn = conn;
+    void this.#read();
+  }
+
+  async #read(): Promise<void> {
+    try {
+      for (;;) {
+        const n = await this.conn.read(this.#decoder.space());
+        if (n === null) break;
+        this.#decoder.commit(n);
+        for (;;) {
+          const f = this.#decoder.next();
+          if (!f.ok || f.payload === null) break;
+          const m = decodeSidecarMessage(f.payload);
+          if (m.ok) this.#inbox.push(m.value);
+        }
+        this.#wake();
+      }
+    } catch { /* closed */ }
+    this.closed = true;
+    this.#wake();
+  }
+
+  #wake(): void {
+    for (const w of this.#waiters.splice(0)) w();
+  }
+
+  /** Waits for the next message of `type` (skipping pings unless asked). */
+  async expect<T extends SidecarMessage["type"]>(type: T, timeoutMs = 3000): Promise<Extract<SidecarMessage, { type: T }>> {
+    const until = Date.now() + timeoutMs;
+    for (;;) {
+      const i = this.#inbox.findIndex((m) => m.type === type);
+      if (i >= 0) return this.#inbox.splice(i, 1)[0] as Extract<SidecarMessage, { type: T }>;
+      if (this.closed) throw new Error(`connection closed while waiting for ${type}`);
+      if (Date.now() > until) throw new Error(`no ${type} within ${timeoutMs} ms`);
+      await new Promise<void>((r) => {
+        this.#waiters.push(r);
+        setTimeout(r, 20);
+      });
+    }
+  }
+
+  /** Sends a message as a frame. */
+  async send(msg: Record<string, unknown>): Promise<void> {
+    await this.conn.write(encodeFrame(msg));
+  }
+
+  /** Sends raw bytes. */
+  async raw(bytes: Uint8Array): Promise<void> {
+    await this.conn.write(bytes);
+  }
+
+  /** Answers `hello` with a `welcome`. */
+  async handshake(welcome: Record<string, unknown> = {}): Promise<void> {
+    await this.expect("hello");
+    await this.send({
+      type: "welcome",
+      version: 1,
+      worker: "scripted/1",
+      model_id: "scripted-1",
+      max_concurrency: 4,
+      max_frame_bytes: 1 << 20,
+      state: "ready",
+      ...welcome,
+    });
+  }
+
+  /** Waits until the sidecar closes the connection. */
+  async waitClosed(timeoutMs = 3000): Promise<void> {
+    const until = Date.now() + timeoutMs;
+    while (!this.closed) {
+      if (Date.now() > until) throw new Error("connection still open");
+      await new Promise((r) => setTimeout(r, 10));
+    }
+  }
+
+  close(): void {
+    try {
+      this.conn.close();
+    } catch { /* already */ }
+  }
+}
+
+/** A listening scripted worker. */
+export class ScriptedWorker {
+  readonly path: string;
+  #listener: Deno.Listener<Deno.UnixConn, Deno.UnixAddr>;
+  #peers: ScriptedPeer[] = [];
+  #waiters: (() => void)[] = [];
+
+  private constructor(path: string, listener: Deno.Listener<Deno.UnixConn, Deno.UnixAddr>) {
+    this.path = path;
+    this.#listener = listener;
+    void this.#accept();
+  }
+
+  static async listen(): Promise<ScriptedWorker> {
+    const dir = await Deno.makeTempDir({ prefix: "cyw" });
+    const path = `${dir}/w.sock`;
+    return new ScriptedWorker(path, Deno.listen({ transport: "unix", path }));
+  }
+
+  async #accept(): Promise<void> {
+    try {
+      for await (const conn of this.#listener) {
+        this.#peers.push(new ScriptedPeer(conn));
+        for (const w of this.#waiters.splice(0)) w();
+      }
+    } catch { /* closed */ }
+  }
+
+  /** The n-th accepted connection (0-based), waiting for it. */
+  async peer(n = 0, timeoutMs = 3000): Promise<ScriptedPeer> {
+    const until = Date.now() + timeoutMs;
+    while (this.#peers.length <= n) {
+      if (Date.now() > until) throw new Error(`no connection #${n} within ${timeoutMs} ms`);
+      await new Promise<void>((r) => {
+        this.#waiters.push(r);
+        setTimeout(r, 20);
+      });
+    }
+    return this.#peers[n];
+  }
+
+  close(): void {
+    for (const p of this.#peers) p.close();
+    try {
+      this.#listener.close();
+    } catch { /* already */ }
+    Deno.remove(this.path).catch(() => {});
+  }
+}
