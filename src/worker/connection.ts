@@ -98,11 +98,7 @@ export class WorkerConnection {
     }
 
     const decoder = new FrameDecoder({ maxFrameBytes: options.maxFrameBytes });
-    const timer = setTimeout(() => {
-      try {
-        conn.close();
-      } catch { /* already closed */ }
-    }, options.handshakeTimeoutMs);
+    const timer = setTimeout(() => shut(conn), options.handshakeTimeoutMs);
 
     try {
       await conn.write(encodeFrame({
@@ -139,9 +135,7 @@ export class WorkerConnection {
       }
       return new WorkerConnection(conn, decoder, first);
     } catch (err) {
-      try {
-        conn.close();
-      } catch { /* already closed */ }
+      shut(conn);
       if (err instanceof WorkerConnectionError) throw err;
       throw new WorkerConnectionError(
         "handshake",
@@ -207,9 +201,7 @@ export class WorkerConnection {
   close(reason?: WorkerConnectionError): void {
     if (this.#closed) return;
     this.#closed = reason ?? new WorkerConnectionError("local", "closed by the sidecar");
-    try {
-      this.#conn.close();
-    } catch { /* already closed */ }
+    shut(this.#conn);
     this.#queue = [];
     this.#queuedBytes = 0;
     this.#onClose?.(this.#closed);
@@ -266,6 +258,21 @@ export class WorkerConnection {
       this.#decoder.commit(n);
     }
   }
+}
+
+/**
+ * Closes a socket so that the peer sees end-of-file at once. In Deno 2.8,
+ * `close()` alone leaves the descriptor open while a read is pending on it,
+ * so the write side is shut down first; the pending read then ends when
+ * the worker closes its side.
+ */
+function shut(conn: Deno.UnixConn): void {
+  try {
+    conn.closeWrite();
+  } catch { /* not connected any more */ }
+  try {
+    conn.close();
+  } catch { /* already closed */ }
 }
 
 function nextMessage(decoder: FrameDecoder): WorkerMessage | null {
