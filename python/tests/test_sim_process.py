@@ -1,0 +1,135 @@
+"""The simulator as a real process: streaming, options, and its CLI."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+from fake_sidecar import FakeSidecar, ids_of, run, text_of
+from sim_process import FAST, PYTHON_DIR, SimProcess
+
+
+def test_the_simulator_streams_a_deterministic_generation(sock_dir):
+    sim = SimProcess(sock_dir, FAST + ["--model-id", "sim-7"])
+
+    async def body():
+        sidecar = await FakeSidecar.connect(sim.socket_path)
+        welcome = await sidecar.handshake()
+        assert welcome["model_id"] == "sim-7" and welcome["worker"].startswith("cy-worker-sim/")
+
+        answers = []
+        for request_id in ("a", "b"):
+            sidecar.generate(
+                request_id, prompt="Once upon a time", sampling={"max_tokens": 0, "seed": 4}
+            )
+            chunks, done = await sidecar.until_end(request_id)
+            assert len(chunks) == 8
+            assert done["finish_reason"] == "stop"
+            assert done["usage"] == {"prompt_tokens": 4, "completion_tokens": 8}
+            answers.append((text_of(chunks), ids_of(chunks)))
+        assert answers[0] == answers[1]
+        assert answers[0][0].strip()
+
+        sidecar.generate("c", prompt="Once upon a time", max_tokens=3)
+        chunks, done = await sidecar.until_end("c")
+        assert len(chunks) == 3 and done["finish_reason"] == "length"
+        await sidecar.close()
+
+    try:
+        run(body())
+    finally:
+        sim.stop()
+    assert "self-check" not in sim.log()
+
+
+def test_chat_messages_are_answered_and_billed_by_words(sock_dir):
+    sim = SimProcess(sock_dir, FAST)
+
+    async def body():
+        sidecar = await FakeSidecar.open(sim.socket_path)
+        sidecar.generate(
+            "a",
+            prompt=None,
+            messages=[
+                {"role": "system", "content": "be brief"},
+                {"role": "user", "content": "say hi [[sim tokens=2]]"},
+            ],
+        )
+        chunks, done = await sidecar.until_end("a")
+        assert len(chunks) == 2 and done["usage"]["prompt_tokens"] == 4
+        await sidecar.close()
+
+    try:
+        run(body())
+    finally:
+        sim.stop()
+
+
+def test_stamp_makes_each_chunk_a_monotonic_timestamp(sock_dir):
+    sim = SimProcess(sock_dir, FAST + ["--stamp"])
+
+    async def body():
+        sidecar = await FakeSidecar.open(sim.socket_path)
+        sidecar.generate("a")
+        chunks, _ = await sidecar.until_end("a")
+        received = time.monotonic_ns()
+        stamps = [int(c["text"][:-1]) for c in chunks]
+        assert all(c["text"].endswith(" ") for c in chunks)
+        assert stamps == sorted(stamps) and 0 < received - stamps[-1] < 1_000_000_000
+        assert all(len(c["token_ids"]) == 1 for c in chunks)
+        await sidecar.close()
+
+    try:
+        run(body())
+    finally:
+        sim.stop()
+
+
+def test_help_lists_the_options():
+    result = subprocess.run(
+        [sys.executable, "-m", "cy_worker.sim", "--help"],
+        cwd=PYTHON_DIR,
+        capture_output=True,
+        text=True,
+        timeout=10,
+    )
+    assert result.returncode == 0
+    for option in (
+        "--socket",
+        "--ttft-ms",
+        "--itl-ms",
+        "--tokens",
+        "--stamp",
+        "--fault",
+        "--fault-after-tokens",
+        "--reload-eta-secs",
+        "--reload-mode",
+    ):
+        assert option in result.stdout
+
+
+def test_bad_options_are_refused():
+    result = subprocess.run(
+        [sys.executable, "-m", "cy_worker.sim", "--tokens", "-1"],
+        cwd=PYTHON_DIR,
+        capture_output=True,
+        text=True,
+        timeout=10,
+    )
+    assert result.returncode == 2 and "--tokens" in result.stderr
+
+
+def test_a_socket_in_use_is_reported_with_status_1(sock_dir):
+    sim = SimProcess(sock_dir, FAST)
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "cy_worker.sim", "--socket", sim.socket_path],
+            cwd=PYTHON_DIR,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+        assert result.returncode == 1 and "accepts connections" in result.stderr
+    finally:
+        sim.stop()
