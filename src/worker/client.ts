@@ -596,7 +596,10 @@ export class WorkerClient {
     const prev = this.#state;
     this.#state = next;
     if (prev.state !== next.state) {
-      this.#log.info("worker state changed", {
+      // Reconnect attempts flip through "connecting" every few seconds
+      // while the worker is down; only the lasting states are news.
+      const quiet = prev.state === "connecting" || next.state === "connecting";
+      this.#log[quiet ? "debug" : "info"]("worker state changed", {
         from: prev.state,
         to: next.state,
         ...("info" in next ? { model_id: next.info.modelId } : {}),
