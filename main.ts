@@ -45,7 +45,9 @@ function parseFlags(args: string[]): Flags {
     } else if (arg.startsWith("--config=")) {
       flags.config = arg.slice("--config=".length);
     } else {
-      console.error(`cy-sidecar: unknown argument ${JSON.stringify(arg)}\n\n${USAGE}`);
+      console.error(
+        `cy-sidecar: unknown argument ${JSON.stringify(arg)}\n\n${USAGE}`,
+      );
       Deno.exit(2);
     }
   }
@@ -68,7 +70,10 @@ async function main(): Promise<void> {
     return;
   }
 
-  const log = createLogger({ level: config.observability.logLevel, format: config.observability.logFormat });
+  const log = createLogger({
+    level: config.observability.logLevel,
+    format: config.observability.logFormat,
+  });
   const sidecar = await startSidecar(config, log);
   log.info("cy-sidecar started", {
     version: SIDECAR_VERSION,
@@ -79,7 +84,10 @@ async function main(): Promise<void> {
   });
 
   const signal = await waitForShutdownSignal(log);
-  log.info("shutting down", { signal, grace_ms: config.server.shutdownGraceMs });
+  log.info("shutting down", {
+    signal,
+    grace_ms: config.server.shutdownGraceMs,
+  });
   await sidecar.shutdown(config.server.shutdownGraceMs);
   log.info("stopped");
   Deno.exit(0);

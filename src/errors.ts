@@ -82,7 +82,11 @@ export class SidecarError extends Error {
   readonly retryAfterMs?: number;
   readonly workerCode?: string;
 
-  constructor(kind: ErrorKind, message: string, options: SidecarErrorOptions = {}) {
+  constructor(
+    kind: ErrorKind,
+    message: string,
+    options: SidecarErrorOptions = {},
+  ) {
     super(message, { cause: options.cause });
     this.name = "SidecarError";
     this.kind = kind;

@@ -28,7 +28,10 @@ export interface Sidecar {
 }
 
 /** Starts every part of the sidecar described by `config`. */
-export async function startSidecar(config: Config, log: Logger): Promise<Sidecar> {
+export async function startSidecar(
+  config: Config,
+  log: Logger,
+): Promise<Sidecar> {
   const metrics = new SidecarMetrics();
   const clock = realClock;
 
@@ -53,8 +56,16 @@ export async function startSidecar(config: Config, log: Logger): Promise<Sidecar
     onConnectionError: (kind) => metrics.workerConnectionErrors.inc({ kind }),
   });
   worker.onStateChange((s) => metrics.setWorkerStatus(statusLabel(s)));
-  metrics.gaugeFrom("sidecar_generations_in_flight", "Generations sent to the worker and not yet finished.", () => worker.inFlight);
-  metrics.gaugeFrom("sidecar_generations_waiting", "Generations waiting for a worker slot or held during a reload.", () => worker.waiting);
+  metrics.gaugeFrom(
+    "sidecar_generations_in_flight",
+    "Generations sent to the worker and not yet finished.",
+    () => worker.inFlight,
+  );
+  metrics.gaugeFrom(
+    "sidecar_generations_waiting",
+    "Generations waiting for a worker slot or held during a reload.",
+    () => worker.waiting,
+  );
 
   const deps: GenerationDeps = {
     worker,
@@ -89,9 +100,15 @@ export async function startSidecar(config: Config, log: Logger): Promise<Sidecar
       shuttingDown = true;
 
       // Refuse new streams (GOAWAY) while the ones in flight finish.
-      const closed = new Promise<void>((resolve) => grpcServer.server.tryShutdown(() => resolve()));
+      const closed = new Promise<void>((resolve) =>
+        grpcServer.server.tryShutdown(() => resolve())
+      );
       const left = await worker.drain(graceMs);
-      if (left > 0) log.warn("shutdown grace ran out; cancelling generations", { in_flight: left });
+      if (left > 0) {
+        log.warn("shutdown grace ran out; cancelling generations", {
+          in_flight: left,
+        });
+      }
 
       worker.stop();
       grpcServer.server.forceShutdown();

@@ -46,7 +46,11 @@ stream.on("data", (ev: GenerateEventPb & { kind: string }) => {
 });
 stream.on("error", (err: grpc.ServiceError) => {
   const pushback = err.metadata?.get("grpc-retry-pushback-ms")[0];
-  console.error(`\n[error] ${grpc.status[err.code]}: ${err.details}${pushback ? ` (retry in ${pushback} ms)` : ""}`);
+  console.error(
+    `\n[error] ${grpc.status[err.code]}: ${err.details}${
+      pushback ? ` (retry in ${pushback} ms)` : ""
+    }`,
+  );
   Deno.exit(1);
 });
 stream.on("end", () => {

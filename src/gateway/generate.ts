@@ -6,8 +6,8 @@
  * @module
  */
 
-import * as grpc from "@grpc/grpc-js";
-import { SidecarError } from "../errors.ts";
+import type * as grpc from "@grpc/grpc-js";
+import type { SidecarError } from "../errors.ts";
 import { statusFor } from "./status_map.ts";
 import { FlowGate } from "./flow_gate.ts";
 import { Generation, type GenerationDeps } from "./generation.ts";
@@ -17,7 +17,9 @@ import { validateRequest } from "./validate.ts";
 type Call = grpc.ServerWritableStream<GenerateRequestPb, GenerateEventPb>;
 
 /** Builds the Generate handler. */
-export function generateHandler(deps: GenerationDeps): grpc.handleServerStreamingCall<GenerateRequestPb, GenerateEventPb> {
+export function generateHandler(
+  deps: GenerationDeps,
+): grpc.handleServerStreamingCall<GenerateRequestPb, GenerateEventPb> {
   return (call: Call) => {
     const checked = validateRequest(call.request);
     if (!checked.ok) {
@@ -62,14 +64,21 @@ export function generateHandler(deps: GenerationDeps): grpc.handleServerStreamin
     });
     call.on("error", (err) => {
       deps.metrics.gatewaySendErrors.inc({ kind: "stream_error" });
-      deps.log.debug("gateway stream error", { request_id: gen.requestId, error: err });
+      deps.log.debug("gateway stream error", {
+        request_id: gen.requestId,
+        error: err,
+      });
     });
 
     gen.start();
   };
 }
 
-function endWithError(call: Call, error: SidecarError, deps: GenerationDeps): void {
+function endWithError(
+  call: Call,
+  error: SidecarError,
+  deps: GenerationDeps,
+): void {
   try {
     call.emit("error", statusFor(error));
   } catch (err) {

@@ -15,7 +15,11 @@ import type { Logger } from "../log/logger.ts";
 import type { SidecarMetrics } from "../metrics/registry.ts";
 import type { Clock, TimerId } from "../util/clock.ts";
 import type { WorkerClient } from "../worker/client.ts";
-import type { GenerationHandle, GenerationSink, WorkerDone } from "../worker/exchange.ts";
+import type {
+  GenerationHandle,
+  GenerationSink,
+  WorkerDone,
+} from "../worker/exchange.ts";
 import type { CancelReason } from "../worker/messages.ts";
 import type { FlowGate } from "./flow_gate.ts";
 import type { GenerateEventPb, UsagePb } from "./types.ts";
@@ -42,7 +46,9 @@ export interface GenerationOutcome {
 }
 
 /** Receives every outcome; may persist it before the final event goes out. */
-export type OutcomeRecorder = (outcome: GenerationOutcome) => Promise<void> | void;
+export type OutcomeRecorder = (
+  outcome: GenerationOutcome,
+) => Promise<void> | void;
 
 /** Where a generation writes; implemented per RPC. */
 export interface GenerationOutput {
@@ -132,8 +138,14 @@ export class Generation implements GenerationSink {
     this.#handle?.cancel(reason);
     const deadline = reason === "deadline_exceeded";
     const error = deadline
-      ? new SidecarError("deadline", `request ${this.requestId} exceeded its deadline`)
-      : new SidecarError("cancelled", `request ${this.requestId} was cancelled by the client`);
+      ? new SidecarError(
+        "deadline",
+        `request ${this.requestId} exceeded its deadline`,
+      )
+      : new SidecarError(
+        "cancelled",
+        `request ${this.requestId} was cancelled by the client`,
+      );
     this.#finish(deadline ? "deadline_exceeded" : "cancelled", 0, null, error);
   }
 
@@ -161,7 +173,10 @@ export class Generation implements GenerationSink {
       });
     }
 
-    this.#out.event({ request_id: this.requestId, chunk: { text, token_ids: tokenIds } });
+    this.#out.event({
+      request_id: this.requestId,
+      chunk: { text, token_ids: tokenIds },
+    });
     // Counted once handed to the stream: this is what the caller is billed.
     this.#delivered += tokenIds.length;
     if (tokenIds.length > 0) this.#tokens!.inc(tokenIds.length);
@@ -178,13 +193,23 @@ export class Generation implements GenerationSink {
     if (this.#ended) return;
     this.#out.event({
       request_id: this.requestId,
-      system: { kind: kind === "reloading" ? "RELOADING" : "RESUMED", text, eta_ms: etaMs },
+      system: {
+        kind: kind === "reloading" ? "RELOADING" : "RESUMED",
+        text,
+        eta_ms: etaMs,
+      },
     });
   }
 
   done(result: WorkerDone): void {
     if (this.#ended) return;
-    this.#finish(result.finishReason, result.usage.prompt_tokens, result.usage.completion_tokens, null, result.modelId);
+    this.#finish(
+      result.finishReason,
+      result.usage.prompt_tokens,
+      result.usage.completion_tokens,
+      null,
+      result.modelId,
+    );
   }
 
   fail(error: SidecarError): void {
@@ -219,7 +244,10 @@ export class Generation implements GenerationSink {
     };
     this.#observe(outcome);
 
-    const usage: UsagePb = { prompt_tokens: promptTokens, completion_tokens: this.#delivered };
+    const usage: UsagePb = {
+      prompt_tokens: promptTokens,
+      completion_tokens: this.#delivered,
+    };
     const emit = () => {
       if (error === null) {
         this.#out.done({
@@ -242,7 +270,10 @@ export class Generation implements GenerationSink {
     }
     if (pending instanceof Promise) {
       pending.then(emit, (err) => {
-        this.#deps.log.error("usage could not be recorded", { request_id: this.requestId, error: err });
+        this.#deps.log.error("usage could not be recorded", {
+          request_id: this.requestId,
+          error: err,
+        });
         emit();
       });
     } else {
@@ -254,16 +285,25 @@ export class Generation implements GenerationSink {
     const m = this.#deps.metrics;
     const code = o.error ? o.error.grpcCode : GrpcCode.OK;
     m.requests.inc({ rpc: this.#rpc, code: CODE_NAMES[code] ?? String(code) });
-    m.requestDuration.observe({ rpc: this.#rpc }, (this.#deps.clock.now() - this.#startedAt) / 1000);
+    m.requestDuration.observe(
+      { rpc: this.#rpc },
+      (this.#deps.clock.now() - this.#startedAt) / 1000,
+    );
 
-    if (o.workerCompletionTokens !== null && o.workerCompletionTokens !== o.completionTokens) {
+    if (
+      o.workerCompletionTokens !== null &&
+      o.workerCompletionTokens !== o.completionTokens
+    ) {
       m.usageMismatches.inc({ model_id: o.modelId });
-      this.#deps.log.warn("worker usage disagrees with delivered tokens; billing delivered", {
-        request_id: o.requestId,
-        session_id: o.sessionId,
-        worker_completion_tokens: o.workerCompletionTokens,
-        delivered_completion_tokens: o.completionTokens,
-      });
+      this.#deps.log.warn(
+        "worker usage disagrees with delivered tokens; billing delivered",
+        {
+          request_id: o.requestId,
+          session_id: o.sessionId,
+          worker_completion_tokens: o.workerCompletionTokens,
+          delivered_completion_tokens: o.completionTokens,
+        },
+      );
     }
     if (this.#deps.log.enabled("debug")) {
       this.#deps.log.debug("generation ended", {

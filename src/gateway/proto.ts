@@ -25,22 +25,34 @@ function load(source: string): grpc.GrpcObject {
   return grpc.loadPackageDefinition(fromJSON(root.toJSON(), LOADER_OPTIONS));
 }
 
-function service(pkg: grpc.GrpcObject, path: string): grpc.ServiceDefinition {
+function lookup(
+  pkg: grpc.GrpcObject,
+  path: string,
+): grpc.ServiceClientConstructor {
   let node: unknown = pkg;
-  for (const part of path.split(".")) node = (node as Record<string, unknown>)[part];
-  return (node as { service: grpc.ServiceDefinition }).service;
+  for (const part of path.split(".")) {
+    node = (node as Record<string, unknown>)[part];
+  }
+  return node as grpc.ServiceClientConstructor;
 }
 
 const sidecarPkg = load(SIDECAR_PROTO);
 const healthPkg = load(HEALTH_PROTO);
 
+/** Client constructor of `cy.sidecar.v1.Sidecar`, for tests and tools. */
+export const SidecarClient: grpc.ServiceClientConstructor = lookup(
+  sidecarPkg,
+  "cy.sidecar.v1.Sidecar",
+);
+
+/** Client constructor of `grpc.health.v1.Health`. */
+export const HealthClient: grpc.ServiceClientConstructor = lookup(
+  healthPkg,
+  "grpc.health.v1.Health",
+);
+
 /** `cy.sidecar.v1.Sidecar`. */
-export const SIDECAR_SERVICE: grpc.ServiceDefinition = service(sidecarPkg, "cy.sidecar.v1.Sidecar");
+export const SIDECAR_SERVICE: grpc.ServiceDefinition = SidecarClient.service;
 
 /** `grpc.health.v1.Health`. */
-export const HEALTH_SERVICE: grpc.ServiceDefinition = service(healthPkg, "grpc.health.v1.Health");
-
-/** Client constructors, for tests and tools. */
-export const SidecarClient = (sidecarPkg as any).cy.sidecar.v1.Sidecar as grpc.ServiceClientConstructor;
-/** Client constructor of the health service. */
-export const HealthClient = (healthPkg as any).grpc.health.v1.Health as grpc.ServiceClientConstructor;
+export const HEALTH_SERVICE: grpc.ServiceDefinition = HealthClient.service;

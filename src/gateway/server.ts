@@ -57,10 +57,14 @@ export async function startGatewayServer(
 
   const host = options.host.includes(":") ? `[${options.host}]` : options.host;
   const port = await new Promise<number>((resolve, reject) => {
-    server.bindAsync(`${host}:${options.port}`, grpc.ServerCredentials.createInsecure(), (err, port) => {
-      if (err) reject(err);
-      else resolve(port);
-    });
+    server.bindAsync(
+      `${host}:${options.port}`,
+      grpc.ServerCredentials.createInsecure(),
+      (err, port) => {
+        if (err) reject(err);
+        else resolve(port);
+      },
+    );
   });
   return { server, port };
 }

@@ -18,7 +18,9 @@ import { validateRequest } from "./validate.ts";
 type Call = grpc.ServerDuplexStream<SessionRequestPb, GenerateEventPb>;
 
 /** Builds the Session handler. */
-export function sessionHandler(deps: GenerationDeps): grpc.handleBidiStreamingCall<SessionRequestPb, GenerateEventPb> {
+export function sessionHandler(
+  deps: GenerationDeps,
+): grpc.handleBidiStreamingCall<SessionRequestPb, GenerateEventPb> {
   return (call: Call) => {
     const gate = new FlowGate<GenerateEventPb>(call);
     const live = new Map<string, Generation>();
@@ -53,7 +55,13 @@ export function sessionHandler(deps: GenerationDeps): grpc.handleBidiStreamingCa
         return;
       }
       if (!msg.generate) {
-        reject("", new SidecarError("invalid_request", "SessionRequest: set generate or cancel"));
+        reject(
+          "",
+          new SidecarError(
+            "invalid_request",
+            "SessionRequest: set generate or cancel",
+          ),
+        );
         return;
       }
 
@@ -64,7 +72,15 @@ export function sessionHandler(deps: GenerationDeps): grpc.handleBidiStreamingCa
       }
       const id = checked.value.generation.id;
       if (live.has(id)) {
-        reject(id, new SidecarError("duplicate_request", `request_id ${JSON.stringify(id)} is already in flight on this session`));
+        reject(
+          id,
+          new SidecarError(
+            "duplicate_request",
+            `request_id ${
+              JSON.stringify(id)
+            } is already in flight on this session`,
+          ),
+        );
         return;
       }
 
@@ -77,7 +93,10 @@ export function sessionHandler(deps: GenerationDeps): grpc.handleBidiStreamingCa
           done: write,
           failed: (error, usage) => {
             if (error.kind === "cancelled") {
-              write({ request_id: id, done: { finish_reason: "cancelled", usage, model_id: "" } });
+              write({
+                request_id: id,
+                done: { finish_reason: "cancelled", usage, model_id: "" },
+              });
               return;
             }
             write({
@@ -113,7 +132,10 @@ export function sessionHandler(deps: GenerationDeps): grpc.handleBidiStreamingCa
 
     call.on("error", (err) => {
       deps.metrics.gatewaySendErrors.inc({ kind: "stream_error" });
-      deps.log.debug("session stream error", { error: err, code: GrpcCode.INTERNAL });
+      deps.log.debug("session stream error", {
+        error: err,
+        code: GrpcCode.INTERNAL,
+      });
     });
   };
 }

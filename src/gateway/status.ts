@@ -42,7 +42,10 @@ export function workerStatus(worker: WorkerClient): WorkerStatusPb {
       return {
         ...base,
         state: "RELOADING",
-        eta_ms: Math.max(0, Math.round(s.etaMs - (performance.now() - s.since))),
+        eta_ms: Math.max(
+          0,
+          Math.round(s.etaMs - (performance.now() - s.since)),
+        ),
         detail: s.message,
       };
     case "draining":
@@ -62,12 +65,16 @@ export function servingStatus(s: WorkerState): ServingStatus {
 }
 
 /** Handlers of `Sidecar.GetStatus`. */
-export function getStatusHandler(worker: WorkerClient): grpc.handleUnaryCall<unknown, WorkerStatusPb> {
+export function getStatusHandler(
+  worker: WorkerClient,
+): grpc.handleUnaryCall<unknown, WorkerStatusPb> {
   return (_call, callback) => callback(null, workerStatus(worker));
 }
 
 /** Handlers of `grpc.health.v1.Health`. */
-export function healthHandlers(worker: WorkerClient): grpc.UntypedServiceImplementation {
+export function healthHandlers(
+  worker: WorkerClient,
+): grpc.UntypedServiceImplementation {
   const watchers = new Set<(s: ServingStatus) => void>();
   let last = servingStatus(worker.state);
   worker.onStateChange((s) => {
@@ -80,9 +87,15 @@ export function healthHandlers(worker: WorkerClient): grpc.UntypedServiceImpleme
   const known = (service: string) => HEALTH_SERVICE_NAMES.includes(service);
 
   return {
-    Check(call: grpc.ServerUnaryCall<{ service: string }, unknown>, callback: grpc.sendUnaryData<unknown>) {
+    Check(
+      call: grpc.ServerUnaryCall<{ service: string }, unknown>,
+      callback: grpc.sendUnaryData<unknown>,
+    ) {
       if (!known(call.request.service)) {
-        callback({ code: grpc.status.NOT_FOUND, details: `unknown service ${call.request.service}` });
+        callback({
+          code: grpc.status.NOT_FOUND,
+          details: `unknown service ${call.request.service}`,
+        });
         return;
       }
       callback(null, { status: servingStatus(worker.state) });

@@ -13,10 +13,15 @@ import type { SidecarError } from "../errors.ts";
 export const RETRY_PUSHBACK_TRAILER = "grpc-retry-pushback-ms";
 
 /** The status object grpc-js expects on `emit("error")` or a unary callback. */
-export function statusFor(error: SidecarError): Partial<grpc.StatusObject> & { code: number; details: string } {
+export function statusFor(
+  error: SidecarError,
+): Partial<grpc.StatusObject> & { code: number; details: string } {
   const metadata = new grpc.Metadata();
   if (error.retryAfterMs !== undefined) {
-    metadata.set(RETRY_PUSHBACK_TRAILER, String(Math.max(0, Math.round(error.retryAfterMs))));
+    metadata.set(
+      RETRY_PUSHBACK_TRAILER,
+      String(Math.max(0, Math.round(error.retryAfterMs))),
+    );
   }
   return { code: error.grpcCode, details: error.message, metadata };
 }

@@ -53,7 +53,12 @@ export type GenerateEventPb =
   }
   | {
     request_id: string;
-    error: { code: number; message: string; retry_after_ms: number; usage: UsagePb };
+    error: {
+      code: number;
+      message: string;
+      retry_after_ms: number;
+      usage: UsagePb;
+    };
   };
 
 export interface WorkerStatusPb {

@@ -57,70 +57,131 @@ export function validateRequest(
     sampling,
   };
   if (pb.messages.length > 0) {
-    generation.messages = pb.messages.map((m) => ({ role: m.role, content: m.content }));
+    generation.messages = pb.messages.map((m) => ({
+      role: m.role,
+      content: m.content,
+    }));
   } else {
     generation.prompt = pb.prompt;
   }
   return {
     ok: true,
-    value: { generation, billingLabels: { ...pb.billing_labels }, timeoutMs: pb.timeout_ms },
+    value: {
+      generation,
+      billingLabels: { ...pb.billing_labels },
+      timeoutMs: pb.timeout_ms,
+    },
   };
 }
 
 function findProblem(pb: GenerateRequestPb): SidecarError | null {
   const L = REQUEST_LIMITS;
-  if (pb.request_id.length === 0 || pb.request_id.length > L.idChars || !PRINTABLE_ASCII.test(pb.request_id)) {
+  if (
+    pb.request_id.length === 0 || pb.request_id.length > L.idChars ||
+    !PRINTABLE_ASCII.test(pb.request_id)
+  ) {
     return invalid(
       "request_id",
-      `must be 1 to ${L.idChars} printable ASCII characters without spaces, got ${JSON.stringify(pb.request_id.slice(0, 40))}`,
+      `must be 1 to ${L.idChars} printable ASCII characters without spaces, got ${
+        JSON.stringify(pb.request_id.slice(0, 40))
+      }`,
     );
   }
   if (pb.session_id.length > L.idChars) {
-    return invalid("session_id", `must be at most ${L.idChars} characters, got ${pb.session_id.length}`);
+    return invalid(
+      "session_id",
+      `must be at most ${L.idChars} characters, got ${pb.session_id.length}`,
+    );
   }
   if (pb.model_id.length > L.idChars) {
-    return invalid("model_id", `must be at most ${L.idChars} characters, got ${pb.model_id.length}`);
+    return invalid(
+      "model_id",
+      `must be at most ${L.idChars} characters, got ${pb.model_id.length}`,
+    );
   }
 
   const hasPrompt = pb.prompt.length > 0;
   const hasMessages = pb.messages.length > 0;
   if (hasPrompt === hasMessages) {
-    return invalid("prompt", hasPrompt ? "set both prompt and messages; set exactly one" : "set prompt or messages");
+    return invalid(
+      "prompt",
+      hasPrompt
+        ? "set both prompt and messages; set exactly one"
+        : "set prompt or messages",
+    );
   }
   if (pb.messages.length > L.messages) {
-    return invalid("messages", `at most ${L.messages} messages, got ${pb.messages.length}`);
+    return invalid(
+      "messages",
+      `at most ${L.messages} messages, got ${pb.messages.length}`,
+    );
   }
   const emptyRole = pb.messages.findIndex((m) => m.role.length === 0);
-  if (emptyRole >= 0) return invalid(`messages[${emptyRole}].role`, "must not be empty");
+  if (emptyRole >= 0) {
+    return invalid(`messages[${emptyRole}].role`, "must not be empty");
+  }
 
   const s = pb.sampling;
   if (s) {
-    if (s.temperature !== undefined && !(Number.isFinite(s.temperature) && s.temperature >= 0)) {
-      return invalid("sampling.temperature", `must be a finite number >= 0, got ${s.temperature}`);
+    if (
+      s.temperature !== undefined &&
+      !(Number.isFinite(s.temperature) && s.temperature >= 0)
+    ) {
+      return invalid(
+        "sampling.temperature",
+        `must be a finite number >= 0, got ${s.temperature}`,
+      );
     }
     if (s.top_p !== undefined && !(s.top_p > 0 && s.top_p <= 1)) {
       return invalid("sampling.top_p", `must be in (0, 1], got ${s.top_p}`);
     }
     if (s.stop.length > L.stopSequences) {
-      return invalid("sampling.stop", `at most ${L.stopSequences} sequences, got ${s.stop.length}`);
+      return invalid(
+        "sampling.stop",
+        `at most ${L.stopSequences} sequences, got ${s.stop.length}`,
+      );
     }
-    const badStop = s.stop.findIndex((x) => x.length === 0 || x.length > L.stopChars);
-    if (badStop >= 0) return invalid(`sampling.stop[${badStop}]`, `must be 1 to ${L.stopChars} characters`);
-    if (s.seed !== undefined && !(BigInt(s.seed) <= BigInt(Number.MAX_SAFE_INTEGER))) {
-      return invalid("sampling.seed", `must be at most ${Number.MAX_SAFE_INTEGER}, got ${s.seed}`);
+    const badStop = s.stop.findIndex((x) =>
+      x.length === 0 || x.length > L.stopChars
+    );
+    if (badStop >= 0) {
+      return invalid(
+        `sampling.stop[${badStop}]`,
+        `must be 1 to ${L.stopChars} characters`,
+      );
+    }
+    if (
+      s.seed !== undefined &&
+      !(BigInt(s.seed) <= BigInt(Number.MAX_SAFE_INTEGER))
+    ) {
+      return invalid(
+        "sampling.seed",
+        `must be at most ${Number.MAX_SAFE_INTEGER}, got ${s.seed}`,
+      );
     }
   }
 
   const labels = Object.entries(pb.billing_labels);
   if (labels.length > L.billingLabels) {
-    return invalid("billing_labels", `at most ${L.billingLabels} labels, got ${labels.length}`);
+    return invalid(
+      "billing_labels",
+      `at most ${L.billingLabels} labels, got ${labels.length}`,
+    );
   }
   for (const [k, v] of labels) {
     if (k.length === 0 || k.length > L.labelKeyChars) {
-      return invalid("billing_labels", `keys must be 1 to ${L.labelKeyChars} characters, got ${JSON.stringify(k.slice(0, 40))}`);
+      return invalid(
+        "billing_labels",
+        `keys must be 1 to ${L.labelKeyChars} characters, got ${
+          JSON.stringify(k.slice(0, 40))
+        }`,
+      );
     }
     if (v.length > L.labelValueChars) {
-      return invalid(`billing_labels[${JSON.stringify(k)}]`, `must be at most ${L.labelValueChars} characters`);
+      return invalid(
+        `billing_labels[${JSON.stringify(k)}]`,
+        `must be at most ${L.labelValueChars} characters`,
+      );
     }
   }
   return null;

@@ -78,7 +78,9 @@ function render(
   const rest = Object.entries(fields)
     .map(([k, v]) => `${k}=${JSON.stringify(plain(v))}`)
     .join(" ");
-  return `${ts} ${level.toUpperCase().padEnd(5)} ${msg}${rest ? " " + rest : ""}`;
+  return `${ts} ${level.toUpperCase().padEnd(5)} ${msg}${
+    rest ? " " + rest : ""
+  }`;
 }
 
 /** Builds a logger. */

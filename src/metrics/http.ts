@@ -21,27 +21,39 @@ export interface MetricsServerOptions {
 }
 
 /** Serves the observability endpoints; returns the server and bound port. */
-export function startMetricsServer(options: MetricsServerOptions): { server: Deno.HttpServer; port: number } {
+export function startMetricsServer(
+  options: MetricsServerOptions,
+): { server: Deno.HttpServer; port: number } {
   const { metrics, worker } = options;
   let bound = 0;
   const listening = (addr: Deno.NetAddr) => {
     bound = addr.port;
   };
-  const server = Deno.serve({ hostname: options.host, port: options.port, onListen: listening }, async (req) => {
+  const server = Deno.serve({
+    hostname: options.host,
+    port: options.port,
+    onListen: listening,
+  }, async (req) => {
     const path = new URL(req.url).pathname;
     if (req.method !== "GET" && req.method !== "HEAD") {
       return new Response("method not allowed\n", { status: 405 });
     }
     switch (path) {
       case "/metrics":
-        return new Response(await metrics.render(), { headers: { "content-type": metrics.contentType } });
+        return new Response(await metrics.render(), {
+          headers: { "content-type": metrics.contentType },
+        });
       case "/healthz":
         return Response.json({ status: "ok" });
       case "/readyz": {
         const s = worker.state;
         const ready = s.state === "ready" && !options.shuttingDown();
         return Response.json(
-          { ready, worker_state: s.state, ...("info" in s ? { model_id: s.info.modelId } : {}) },
+          {
+            ready,
+            worker_state: s.state,
+            ...("info" in s ? { model_id: s.info.modelId } : {}),
+          },
           { status: ready ? 200 : 503 },
         );
       }

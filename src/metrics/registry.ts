@@ -11,11 +11,40 @@ import client from "prom-client";
 import { STATUS_LABELS, type StatusLabel } from "../worker/state.ts";
 
 // Request durations span sub-second failures to multi-minute generations.
-const DURATION_BUCKETS = [0.005, 0.025, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600];
+const DURATION_BUCKETS = [
+  0.005,
+  0.025,
+  0.1,
+  0.25,
+  0.5,
+  1,
+  2.5,
+  5,
+  10,
+  30,
+  60,
+  120,
+  300,
+  600,
+];
 
 // Time to first token is dominated by the model's prefill: tens of ms to
 // tens of seconds under load. Fail-fast answers land in the lowest bucket.
-const TTFT_BUCKETS = [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30];
+const TTFT_BUCKETS = [
+  0.001,
+  0.005,
+  0.01,
+  0.025,
+  0.05,
+  0.1,
+  0.25,
+  0.5,
+  1,
+  2.5,
+  5,
+  10,
+  30,
+];
 
 /** All metrics of one sidecar. */
 export class SidecarMetrics {
@@ -61,14 +90,16 @@ export class SidecarMetrics {
     });
     this.timeToFirstToken = new client.Histogram({
       name: "sidecar_time_to_first_token_seconds",
-      help: "Time from a generation's arrival to its first token on the gateway stream.",
+      help:
+        "Time from a generation's arrival to its first token on the gateway stream.",
       labelNames: ["model_id"] as const,
       buckets: TTFT_BUCKETS,
       registers,
     });
     this.workerConnectionErrors = new client.Counter({
       name: "sidecar_worker_connection_errors_total",
-      help: "Worker connection failures, by kind (refused, handshake, protocol, eof, io, heartbeat).",
+      help:
+        "Worker connection failures, by kind (refused, handshake, protocol, eof, io, heartbeat).",
       labelNames: ["kind"] as const,
       registers,
     });
@@ -80,7 +111,8 @@ export class SidecarMetrics {
     });
     this.usageMismatches = new client.Counter({
       name: "sidecar_usage_mismatch_total",
-      help: "Generations where the worker's completion-token count differed from what the sidecar delivered.",
+      help:
+        "Generations where the worker's completion-token count differed from what the sidecar delivered.",
       labelNames: ["model_id"] as const,
       registers,
     });
@@ -90,7 +122,9 @@ export class SidecarMetrics {
 
   /** Sets the status gauge: 1 for `current`, 0 for every other value. */
   setWorkerStatus(current: StatusLabel): void {
-    for (const s of STATUS_LABELS) this.workerStatus.set({ status: s }, s === current ? 1 : 0);
+    for (const s of STATUS_LABELS) {
+      this.workerStatus.set({ status: s }, s === current ? 1 : 0);
+    }
   }
 
   /** Registers a gauge whose value is read at scrape time. */

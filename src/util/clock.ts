@@ -47,7 +47,9 @@ export class FakeClock implements Clock {
   }
 
   clearTimeout(id: TimerId): void {
-    this.#timers = this.#timers.filter((t) => t.id !== (id as unknown as number));
+    this.#timers = this.#timers.filter((t) =>
+      t.id !== (id as unknown as number)
+    );
   }
 
   /** Number of timers not yet fired. */

@@ -26,7 +26,12 @@ import {
   type GenerationRequest,
   type GenerationSink,
 } from "./exchange.ts";
-import type { CancelReason, StatusMsg, WelcomeMsg, WorkerMessage } from "./messages.ts";
+import type {
+  CancelReason,
+  StatusMsg,
+  WelcomeMsg,
+  WorkerMessage,
+} from "./messages.ts";
 import type { WorkerInfo, WorkerState } from "./state.ts";
 
 /** Options of {@link WorkerClient}. */
@@ -161,7 +166,9 @@ export class WorkerClient {
   async drain(timeoutMs: number): Promise<number> {
     this.#draining = true;
     const until = this.#clock.now() + timeoutMs;
-    while (this.#active.size + this.#waiting.length > 0 && this.#clock.now() < until) {
+    while (
+      this.#active.size + this.#waiting.length > 0 && this.#clock.now() < until
+    ) {
       await new Promise((r) => setTimeout(r, 20));
     }
     return this.#active.size + this.#waiting.length;
@@ -170,10 +177,15 @@ export class WorkerClient {
   /** Fails everything still running, closes the connection, stops timers. */
   stop(): void {
     this.#draining = true;
-    const err = () => new SidecarError("shutting_down", "sidecar is shutting down");
+    const err = () =>
+      new SidecarError("shutting_down", "sidecar is shutting down");
     for (const ex of [...this.#active.values()]) {
       if (ex.phase === "active") {
-        this.#conn?.send({ type: "cancel", id: ex.request.id, reason: "shutdown" });
+        this.#conn?.send({
+          type: "cancel",
+          id: ex.request.id,
+          reason: "shutdown",
+        });
         this.#end(ex);
         ex.sink.fail(err());
       }
@@ -183,7 +195,14 @@ export class WorkerClient {
       ex.phase = "ended";
       ex.sink.fail(err());
     }
-    for (const t of [this.#retryTimer, this.#sweepTimer, this.#pingTimer, this.#pongTimer]) {
+    for (
+      const t of [
+        this.#retryTimer,
+        this.#sweepTimer,
+        this.#pingTimer,
+        this.#pongTimer,
+      ]
+    ) {
       if (t !== null) this.#clock.clearTimeout(t);
     }
     this.#setState({ state: "stopped", since: this.#clock.now() });
@@ -195,11 +214,18 @@ export class WorkerClient {
 
   #refusal(request: GenerationRequest): SidecarError | null {
     if (this.#draining || this.#state.state === "stopped") {
-      return new SidecarError("shutting_down", "sidecar is shutting down; retry on another instance", {
-        retryAfterMs: 1000,
-      });
+      return new SidecarError(
+        "shutting_down",
+        "sidecar is shutting down; retry on another instance",
+        {
+          retryAfterMs: 1000,
+        },
+      );
     }
-    if (this.#active.has(request.id) || this.#waiting.some((w) => w.request.id === request.id)) {
+    if (
+      this.#active.has(request.id) ||
+      this.#waiting.some((w) => w.request.id === request.id)
+    ) {
       return new SidecarError(
         "duplicate_request",
         `request_id ${JSON.stringify(request.id)} is already in flight`,
@@ -214,7 +240,9 @@ export class WorkerClient {
         if (this.#waiting.length < this.#o.maxQueuedRequests) return null;
         return new SidecarError(
           "worker_overloaded",
-          `worker is at its limit of ${s.info.maxConcurrency} generations and ${this.#o.maxQueuedRequests} are waiting; ${retryHint(1000)}`,
+          `worker is at its limit of ${s.info.maxConcurrency} generations and ${this.#o.maxQueuedRequests} are waiting; ${
+            retryHint(1000)
+          }`,
           { retryAfterMs: 1000 },
         );
       case "reloading": {
@@ -222,14 +250,18 @@ export class WorkerClient {
         if (left <= 0) {
           return new SidecarError(
             "worker_unavailable",
-            `Worker is reloading and overran its ETA, please ${retryHint(this.#o.reloadGraceMs)}`,
+            `Worker is reloading and overran its ETA, please ${
+              retryHint(this.#o.reloadGraceMs)
+            }`,
             { retryAfterMs: this.#o.reloadGraceMs },
           );
         }
         if (this.#waiting.length >= this.#o.maxHeldRequests) {
           return new SidecarError(
             "worker_unavailable",
-            `Worker is reloading and ${this.#o.maxHeldRequests} requests are already held, please ${retryHint(left)}`,
+            `Worker is reloading and ${this.#o.maxHeldRequests} requests are already held, please ${
+              retryHint(left)
+            }`,
             { retryAfterMs: left },
           );
         }
@@ -238,16 +270,23 @@ export class WorkerClient {
       case "draining":
         return new SidecarError(
           "worker_unavailable",
-          `Worker is shutting down, please ${retryHint(this.#o.reconnectDelayMs)}`,
+          `Worker is shutting down, please ${
+            retryHint(this.#o.reconnectDelayMs)
+          }`,
           { retryAfterMs: this.#o.reconnectDelayMs },
         );
       case "connecting":
       case "disconnected": {
         const retryAt = s.state === "disconnected" ? s.retryAt : now;
-        const wait = Math.max(retryAt - now, 0) + this.#o.handshakeTimeoutMs / 5;
-        return new SidecarError("worker_unavailable", `Worker is restarting, please ${retryHint(wait)}`, {
-          retryAfterMs: Math.ceil(wait),
-        });
+        const wait = Math.max(retryAt - now, 0) +
+          this.#o.handshakeTimeoutMs / 5;
+        return new SidecarError(
+          "worker_unavailable",
+          `Worker is restarting, please ${retryHint(wait)}`,
+          {
+            retryAfterMs: Math.ceil(wait),
+          },
+        );
       }
     }
     return null;
@@ -255,14 +294,20 @@ export class WorkerClient {
 
   #dispatch(ex: Exchange): void {
     const s = this.#state;
-    if (s.state !== "ready" || !this.#conn) throw new Error("dispatch while not ready");
+    if (s.state !== "ready" || !this.#conn) {
+      throw new Error("dispatch while not ready");
+    }
     const req = ex.request;
     if (req.modelId !== "" && req.modelId !== s.info.modelId) {
       ex.phase = "ended";
       ex.sink.fail(
         new SidecarError(
           "model_mismatch",
-          `model_id ${JSON.stringify(req.modelId)} is not served here; the worker serves ${JSON.stringify(s.info.modelId)}`,
+          `model_id ${
+            JSON.stringify(req.modelId)
+          } is not served here; the worker serves ${
+            JSON.stringify(s.info.modelId)
+          }`,
         ),
       );
       return;
@@ -274,7 +319,9 @@ export class WorkerClient {
         id: req.id,
         session_id: req.sessionId,
         model_id: req.modelId,
-        ...(req.messages !== undefined ? { messages: req.messages } : { prompt: req.prompt ?? "" }),
+        ...(req.messages !== undefined
+          ? { messages: req.messages }
+          : { prompt: req.prompt ?? "" }),
         sampling: req.sampling,
         credit: this.#o.streamCreditChunks,
       });
@@ -288,19 +335,30 @@ export class WorkerClient {
     ex.credit = this.#o.streamCreditChunks;
     ex.lastActivity = this.#clock.now();
     this.#active.set(req.id, ex);
-    if (ex.held) ex.sink.system("resumed", `[System] Model ${s.info.modelId} is ready, resuming.`, 0);
+    if (ex.held) {
+      ex.sink.system(
+        "resumed",
+        `[System] Model ${s.info.modelId} is ready, resuming.`,
+        0,
+      );
+    }
   }
 
   /** Sends waiting generations while slots are free. */
   #pump(): void {
     const s = this.#state;
     if (s.state !== "ready") return;
-    while (this.#waiting.length > 0 && this.#active.size < s.info.maxConcurrency) {
+    while (
+      this.#waiting.length > 0 && this.#active.size < s.info.maxConcurrency
+    ) {
       this.#dispatch(this.#waiting.shift()!);
     }
   }
 
-  #announceHold(ex: Exchange, s: Extract<WorkerState, { state: "reloading" }>): void {
+  #announceHold(
+    ex: Exchange,
+    s: Extract<WorkerState, { state: "reloading" }>,
+  ): void {
     if (ex.held) return;
     ex.held = true;
     const eta = Math.max(0, s.etaMs - (this.#clock.now() - s.since));
@@ -318,9 +376,15 @@ export class WorkerClient {
         ex.pendingGrant += chunks;
         // Batch credit: one frame per half window keeps the worker busy
         // without a frame per token.
-        if (ex.pendingGrant * 2 >= this.#o.streamCreditChunks || ex.credit === 0) {
+        if (
+          ex.pendingGrant * 2 >= this.#o.streamCreditChunks || ex.credit === 0
+        ) {
           ex.credit += ex.pendingGrant;
-          this.#conn?.send({ type: "credit", id: ex.request.id, chunks: ex.pendingGrant });
+          this.#conn?.send({
+            type: "credit",
+            id: ex.request.id,
+            chunks: ex.pendingGrant,
+          });
           ex.pendingGrant = 0;
         }
       },
@@ -356,7 +420,10 @@ export class WorkerClient {
         if (ex.credit === 0) {
           this.#cancel(ex, "protocol");
           ex.sink.fail(
-            new SidecarError("worker_protocol", "worker sent a chunk without flow-control credit"),
+            new SidecarError(
+              "worker_protocol",
+              "worker sent a chunk without flow-control credit",
+            ),
           );
           return;
         }
@@ -368,7 +435,10 @@ export class WorkerClient {
       case "error": {
         if (msg.type === "error" && msg.id === undefined) {
           conn.close(
-            new WorkerConnectionError("protocol", `worker reported ${msg.code}: ${msg.message}`),
+            new WorkerConnectionError(
+              "protocol",
+              `worker reported ${msg.code}: ${msg.message}`,
+            ),
           );
           return;
         }
@@ -386,8 +456,12 @@ export class WorkerClient {
           } else {
             ex.sink.fail(
               msg.code === "overloaded"
-                ? new SidecarError("worker_overloaded", msg.message, { retryAfterMs: 1000 })
-                : new SidecarError("worker_error", msg.message, { workerCode: msg.code }),
+                ? new SidecarError("worker_overloaded", msg.message, {
+                  retryAfterMs: 1000,
+                })
+                : new SidecarError("worker_error", msg.message, {
+                  workerCode: msg.code,
+                }),
             );
           }
         }
@@ -404,7 +478,9 @@ export class WorkerClient {
         this.#onStatus(msg);
         return;
       case "welcome":
-        conn.close(new WorkerConnectionError("protocol", "unexpected second welcome"));
+        conn.close(
+          new WorkerConnectionError("protocol", "unexpected second welcome"),
+        );
         return;
     }
   }
@@ -425,7 +501,9 @@ export class WorkerClient {
 
   #onStatus(msg: StatusMsg): void {
     const s = this.#state;
-    if (s.state !== "ready" && s.state !== "reloading" && s.state !== "draining") return;
+    if (
+      s.state !== "ready" && s.state !== "reloading" && s.state !== "draining"
+    ) return;
     const info: WorkerInfo = {
       ...s.info,
       modelId: msg.model_id ?? s.info.modelId,
@@ -451,9 +529,15 @@ export class WorkerClient {
       this.#setState({ state: "draining", since: now, info });
       this.#failWaiting(
         () =>
-          new SidecarError("worker_unavailable", `Worker is shutting down, please ${retryHint(this.#o.reconnectDelayMs)}`, {
-            retryAfterMs: this.#o.reconnectDelayMs,
-          }),
+          new SidecarError(
+            "worker_unavailable",
+            `Worker is shutting down, please ${
+              retryHint(this.#o.reconnectDelayMs)
+            }`,
+            {
+              retryAfterMs: this.#o.reconnectDelayMs,
+            },
+          ),
       );
       return;
     }
@@ -482,7 +566,11 @@ export class WorkerClient {
     if (prev.state === "stopped") return;
     const attempt = prev.state === "disconnected" ? prev.attempt : 0;
     if (prev.state !== "reloading") {
-      this.#setState({ state: "connecting", since: this.#clock.now(), attempt });
+      this.#setState({
+        state: "connecting",
+        since: this.#clock.now(),
+        attempt,
+      });
     }
 
     let conn: WorkerConnection;
@@ -498,9 +586,16 @@ export class WorkerClient {
       if (this.#state.state === "stopped") return;
       const e = err instanceof WorkerConnectionError
         ? err
-        : new WorkerConnectionError("io", String((err as Error)?.message ?? err));
+        : new WorkerConnectionError(
+          "io",
+          String((err as Error)?.message ?? err),
+        );
       this.#o.onConnectionError?.(e.kind);
-      this.#log.debug("worker connect failed", { error: e.message, kind: e.kind, attempt });
+      this.#log.debug("worker connect failed", {
+        error: e.message,
+        kind: e.kind,
+        attempt,
+      });
       this.#disconnected(e, attempt + 1);
       return;
     }
@@ -525,7 +620,12 @@ export class WorkerClient {
     this.#schedulePing();
     this.#enter(
       w.state,
-      { modelId: w.model_id, maxConcurrency: w.max_concurrency, protocolVersion: w.version, worker: w.worker },
+      {
+        modelId: w.model_id,
+        maxConcurrency: w.max_concurrency,
+        protocolVersion: w.version,
+        worker: w.worker,
+      },
       w.eta_ms,
     );
   }
@@ -539,17 +639,29 @@ export class WorkerClient {
     if (this.#state.state === "stopped") return;
 
     if (err.kind !== "local") this.#o.onConnectionError?.(err.kind);
-    this.#log.warn("worker connection lost", { kind: err.kind, error: err.message, in_flight: this.#active.size });
+    this.#log.warn("worker connection lost", {
+      kind: err.kind,
+      error: err.message,
+      in_flight: this.#active.size,
+    });
 
     const retryAfterMs = this.#o.reconnectDelayMs;
-    const kind = err.kind === "heartbeat" ? "worker_hung" : err.kind === "protocol" ? "worker_protocol" : "worker_unavailable";
+    const kind = err.kind === "heartbeat"
+      ? "worker_hung"
+      : err.kind === "protocol"
+      ? "worker_protocol"
+      : "worker_unavailable";
     const what = err.kind === "protocol"
       ? `worker protocol error: ${err.message}`
-      : `worker connection lost mid-stream (${err.message}), please ${retryHint(retryAfterMs)}`;
+      : `worker connection lost mid-stream (${err.message}), please ${
+        retryHint(retryAfterMs)
+      }`;
     for (const ex of [...this.#active.values()]) {
       const wasActive = ex.phase === "active";
       this.#end(ex);
-      if (wasActive) ex.sink.fail(new SidecarError(kind, what, { retryAfterMs }));
+      if (wasActive) {
+        ex.sink.fail(new SidecarError(kind, what, { retryAfterMs }));
+      }
     }
 
     this.#disconnected(err, 1);
@@ -562,7 +674,10 @@ export class WorkerClient {
       // The worker is restarting to load a model: poll for the new process
       // instead of backing off, and keep holding.
       if (s.connected) this.#setState({ ...s, connected: false });
-      this.#retryTimer = this.#clock.setTimeout(() => void this.#connect(), RELOAD_POLL_MS);
+      this.#retryTimer = this.#clock.setTimeout(
+        () => void this.#connect(),
+        RELOAD_POLL_MS,
+      );
       return;
     }
 
@@ -578,11 +693,18 @@ export class WorkerClient {
       lastError: err.message,
     });
     this.#failWaiting(() =>
-      new SidecarError("worker_unavailable", `Worker is restarting, please ${retryHint(delay)}`, {
-        retryAfterMs: delay,
-      })
+      new SidecarError(
+        "worker_unavailable",
+        `Worker is restarting, please ${retryHint(delay)}`,
+        {
+          retryAfterMs: delay,
+        },
+      )
     );
-    this.#retryTimer = this.#clock.setTimeout(() => void this.#connect(), delay);
+    this.#retryTimer = this.#clock.setTimeout(
+      () => void this.#connect(),
+      delay,
+    );
   }
 
   #failWaiting(error: () => SidecarError): void {
@@ -604,7 +726,12 @@ export class WorkerClient {
         to: next.state,
         ...("info" in next ? { model_id: next.info.modelId } : {}),
         ...(next.state === "reloading" ? { eta_ms: next.etaMs } : {}),
-        ...(next.state === "disconnected" ? { error: next.lastError, retry_in_ms: Math.round(next.retryAt - next.since) } : {}),
+        ...(next.state === "disconnected"
+          ? {
+            error: next.lastError,
+            retry_in_ms: Math.round(next.retryAt - next.since),
+          }
+          : {}),
       });
     }
     for (const l of this.#listeners) l(next);
@@ -649,41 +776,74 @@ export class WorkerClient {
     const now = this.#clock.now();
     const s = this.#state;
 
-    if (this.#waiting.length > 0 && this.#waiting.some((ex) => ex.waitUntil <= now)) {
-      const [expired, kept] = partition(this.#waiting, (ex) => ex.waitUntil <= now);
+    if (
+      this.#waiting.length > 0 &&
+      this.#waiting.some((ex) => ex.waitUntil <= now)
+    ) {
+      const [expired, kept] = partition(
+        this.#waiting,
+        (ex) => ex.waitUntil <= now,
+      );
       this.#waiting = kept;
       for (const ex of expired) {
         ex.phase = "ended";
         ex.sink.fail(
           ex.held
-            ? new SidecarError("worker_unavailable", `Worker reload is taking longer than announced, please ${retryHint(this.#o.reloadGraceMs)}`, {
-              retryAfterMs: this.#o.reloadGraceMs,
-            })
-            : new SidecarError("worker_overloaded", `no worker slot became free within ${this.#o.queueTimeoutMs} ms, please ${retryHint(1000)}`, {
-              retryAfterMs: 1000,
-            }),
+            ? new SidecarError(
+              "worker_unavailable",
+              `Worker reload is taking longer than announced, please ${
+                retryHint(this.#o.reloadGraceMs)
+              }`,
+              {
+                retryAfterMs: this.#o.reloadGraceMs,
+              },
+            )
+            : new SidecarError(
+              "worker_overloaded",
+              `no worker slot became free within ${this.#o.queueTimeoutMs} ms, please ${
+                retryHint(1000)
+              }`,
+              {
+                retryAfterMs: 1000,
+              },
+            ),
         );
       }
     }
     if (s.state === "reloading" && !s.connected && now >= s.holdUntil) {
       // The reload overran its hold and no worker is there: the worker is down.
       if (this.#retryTimer !== null) this.#clock.clearTimeout(this.#retryTimer);
-      this.#disconnected(new WorkerConnectionError("eof", "worker did not come back from its reload in time"), 1);
+      this.#disconnected(
+        new WorkerConnectionError(
+          "eof",
+          "worker did not come back from its reload in time",
+        ),
+        1,
+      );
     }
 
     const idle = this.#o.requestIdleTimeoutMs;
     for (const ex of this.#active.values()) {
       if (now - ex.lastActivity < idle) continue;
       if (ex.phase === "cancelling") {
-        this.#log.warn("worker never ended a cancelled generation; slot freed", { request_id: ex.request.id });
+        this.#log.warn(
+          "worker never ended a cancelled generation; slot freed",
+          { request_id: ex.request.id },
+        );
         this.#end(ex);
         this.#forget(ex.request.id);
       } else if (ex.phase === "active" && ex.credit > 0) {
         this.#cancel(ex, "idle_timeout");
         ex.sink.fail(
-          new SidecarError("worker_hung", `worker sent nothing for request ${JSON.stringify(ex.request.id)} in ${idle} ms`, {
-            retryAfterMs: 1000,
-          }),
+          new SidecarError(
+            "worker_hung",
+            `worker sent nothing for request ${
+              JSON.stringify(ex.request.id)
+            } in ${idle} ms`,
+            {
+              retryAfterMs: 1000,
+            },
+          ),
         );
       }
     }

@@ -3,7 +3,11 @@ import { ScriptedWorker } from "../../tests/helpers/scripted_worker.ts";
 import type { SidecarError } from "../errors.ts";
 import { FakeClock } from "../util/clock.ts";
 import { WorkerClient, type WorkerClientOptions } from "./client.ts";
-import type { GenerationRequest, GenerationSink, WorkerDone } from "./exchange.ts";
+import type {
+  GenerationRequest,
+  GenerationSink,
+  WorkerDone,
+} from "./exchange.ts";
 
 type Event =
   | { chunk: string; ids: number[] }
@@ -33,7 +37,9 @@ class Recorder implements GenerationSink {
     for (;;) {
       const e = this.events.find(pred);
       if (e) return e;
-      if (Date.now() > end) throw new Error(`event not seen; got ${JSON.stringify(this.events)}`);
+      if (Date.now() > end) {
+        throw new Error(`event not seen; got ${JSON.stringify(this.events)}`);
+      }
       await new Promise((r) => setTimeout(r, 5));
     }
   }
@@ -41,8 +47,18 @@ class Recorder implements GenerationSink {
 
 const isError = (e: Event): e is { error: SidecarError } => "error" in e;
 
-function request(id: string, extra: Partial<GenerationRequest> = {}): GenerationRequest {
-  return { id, sessionId: "s", modelId: "", prompt: "hi", sampling: { max_tokens: 4 }, ...extra };
+function request(
+  id: string,
+  extra: Partial<GenerationRequest> = {},
+): GenerationRequest {
+  return {
+    id,
+    sessionId: "s",
+    modelId: "",
+    prompt: "hi",
+    sampling: { max_tokens: 4 },
+    ...extra,
+  };
 }
 
 async function setup(overrides: Partial<WorkerClientOptions> = {}) {
@@ -91,10 +107,18 @@ Deno.test("client streams a worker's chunks and done to the sink", async () => {
     equal(gen.credit, 4);
     await peer.send({ type: "chunk", id: "a", text: "Hel", token_ids: [1] });
     await peer.send({ type: "chunk", id: "a", text: "lo", token_ids: [2, 3] });
-    await peer.send({ type: "done", id: "a", finish_reason: "stop", usage: { prompt_tokens: 1, completion_tokens: 3 } });
+    await peer.send({
+      type: "done",
+      id: "a",
+      finish_reason: "stop",
+      usage: { prompt_tokens: 1, completion_tokens: 3 },
+    });
 
     await sink.until((e) => "done" in e);
-    deepStrictEqual(sink.events.slice(0, 2), [{ chunk: "Hel", ids: [1] }, { chunk: "lo", ids: [2, 3] }]);
+    deepStrictEqual(sink.events.slice(0, 2), [{ chunk: "Hel", ids: [1] }, {
+      chunk: "lo",
+      ids: [2, 3],
+    }]);
     equal(client.inFlight, 0);
   } finally {
     client.stop();
@@ -207,7 +231,12 @@ Deno.test("generations beyond max_concurrency wait for a slot, then a full queue
 
     await peer.expect("generate");
     equal(client.waiting, 1);
-    await peer.send({ type: "done", id: "a", finish_reason: "stop", usage: { prompt_tokens: 1, completion_tokens: 0 } });
+    await peer.send({
+      type: "done",
+      id: "a",
+      finish_reason: "stop",
+      usage: { prompt_tokens: 1, completion_tokens: 0 },
+    });
     const gen = await peer.expect("generate");
     equal(gen.id, "b");
   } finally {
@@ -238,7 +267,9 @@ Deno.test("a worker that is not there fails submissions at once with a retry hin
   try {
     client.start();
     const end = Date.now() + 2000;
-    while (client.state.state !== "disconnected" && Date.now() < end) await new Promise((r) => setTimeout(r, 5));
+    while (client.state.state !== "disconnected" && Date.now() < end) {
+      await new Promise((r) => setTimeout(r, 5));
+    }
     const r = client.submit(request("a"), new Recorder());
     ok(!r.ok);
     equal(r.error.kind, "worker_unavailable");
@@ -252,7 +283,10 @@ Deno.test("a worker that is not there fails submissions at once with a retry hin
 
 Deno.test("a generation the worker stops answering fails after the idle timeout", async () => {
   const clock = new FakeClock();
-  const { worker, client, peer } = await setup({ clock, requestIdleTimeoutMs: 5000 });
+  const { worker, client, peer } = await setup({
+    clock,
+    requestIdleTimeoutMs: 5000,
+  });
   try {
     await peer.handshake();
     await ready(client);
@@ -275,7 +309,11 @@ Deno.test("a generation the worker stops answering fails after the idle timeout"
 
 Deno.test("a missed pong marks the worker hung and fails what it was running", async () => {
   const clock = new FakeClock();
-  const { worker, client, peer } = await setup({ clock, checkIntervalMs: 1000, heartbeatTimeoutMs: 500 });
+  const { worker, client, peer } = await setup({
+    clock,
+    checkIntervalMs: 1000,
+    heartbeatTimeoutMs: 500,
+  });
   try {
     await peer.handshake();
     await ready(client);
@@ -308,14 +346,24 @@ Deno.test("during a reload new generations are held, told the ETA, and resumed",
   try {
     await peer.handshake();
     await ready(client);
-    await peer.send({ type: "status", state: "reloading", eta_ms: 30000, message: "loading" });
+    await peer.send({
+      type: "status",
+      state: "reloading",
+      eta_ms: 30000,
+      message: "loading",
+    });
     const end = Date.now() + 2000;
-    while (client.state.state !== "reloading" && Date.now() < end) await new Promise((r) => setTimeout(r, 5));
+    while (client.state.state !== "reloading" && Date.now() < end) {
+      await new Promise((r) => setTimeout(r, 5));
+    }
 
     const sink = new Recorder();
     ok(client.submit(request("a"), sink).ok);
     const held = await sink.until((e) => "system" in e);
-    deepStrictEqual(held, { system: "reloading", text: "[System] Loading new model, ETA 30s..." });
+    deepStrictEqual(held, {
+      system: "reloading",
+      text: "[System] Loading new model, ETA 30s...",
+    });
 
     await peer.send({ type: "status", state: "ready", model_id: "scripted-2" });
     const gen = await peer.expect("generate");

@@ -88,7 +88,10 @@ export class WorkerConnection {
   static async open(options: ConnectOptions): Promise<WorkerConnection> {
     let conn: Deno.UnixConn;
     try {
-      conn = await Deno.connect({ transport: "unix", path: options.socketPath });
+      conn = await Deno.connect({
+        transport: "unix",
+        path: options.socketPath,
+      });
     } catch (err) {
       if (err instanceof Deno.errors.PermissionDenied) throw err;
       throw new WorkerConnectionError(
@@ -101,13 +104,15 @@ export class WorkerConnection {
     const timer = setTimeout(() => shut(conn), options.handshakeTimeoutMs);
 
     try {
-      await conn.write(encodeFrame({
-        type: "hello",
-        versions: [...PROTOCOL_VERSIONS],
-        sidecar: options.agent,
-        max_frame_bytes: options.maxFrameBytes,
-        heartbeat_interval_ms: options.heartbeatIntervalMs,
-      } satisfies SidecarMessage));
+      await conn.write(encodeFrame(
+        {
+          type: "hello",
+          versions: [...PROTOCOL_VERSIONS],
+          sidecar: options.agent,
+          max_frame_bytes: options.maxFrameBytes,
+          heartbeat_interval_ms: options.heartbeatIntervalMs,
+        } satisfies SidecarMessage,
+      ));
       const first = await readMessage(conn, decoder);
       if (first === null) {
         throw new WorkerConnectionError(
@@ -130,7 +135,9 @@ export class WorkerConnection {
       if (!(PROTOCOL_VERSIONS as readonly number[]).includes(first.version)) {
         throw new WorkerConnectionError(
           "protocol",
-          `worker chose protocol version ${first.version}, offered ${PROTOCOL_VERSIONS.join(",")}`,
+          `worker chose protocol version ${first.version}, offered ${
+            PROTOCOL_VERSIONS.join(",")
+          }`,
         );
       }
       return new WorkerConnection(conn, decoder, first);
@@ -167,9 +174,10 @@ export class WorkerConnection {
     this.#onClose = onClose;
     this.#readLoop(onMessage).catch((err) => {
       this.close(
-        err instanceof WorkerConnectionError
-          ? err
-          : new WorkerConnectionError("io", `read failed: ${(err as Error).message}`),
+        err instanceof WorkerConnectionError ? err : new WorkerConnectionError(
+          "io",
+          `read failed: ${(err as Error).message}`,
+        ),
       );
     });
   }
@@ -185,7 +193,9 @@ export class WorkerConnection {
       // A generate with an enormous prompt: refuse locally rather than
       // have the worker drop the connection and every stream with it.
       throw new RangeError(
-        `Cannot send ${message.type}: ${frame.length - 4} bytes exceed the worker's max_frame_bytes ${this.#peerMaxFrameBytes}`,
+        `Cannot send ${message.type}: ${
+          frame.length - 4
+        } bytes exceed the worker's max_frame_bytes ${this.#peerMaxFrameBytes}`,
       );
     }
     this.#queue.push(frame);
@@ -200,7 +210,8 @@ export class WorkerConnection {
   /** Ends the connection; `onClose` gets `reason` (default: local close). */
   close(reason?: WorkerConnectionError): void {
     if (this.#closed) return;
-    this.#closed = reason ?? new WorkerConnectionError("local", "closed by the sidecar");
+    this.#closed = reason ??
+      new WorkerConnectionError("local", "closed by the sidecar");
     shut(this.#conn);
     this.#queue = [];
     this.#queuedBytes = 0;
@@ -222,7 +233,10 @@ export class WorkerConnection {
       }
     } catch (err) {
       this.close(
-        new WorkerConnectionError("io", `write failed: ${(err as Error).message}`),
+        new WorkerConnectionError(
+          "io",
+          `write failed: ${(err as Error).message}`,
+        ),
       );
     } finally {
       this.#flushing = false;
@@ -244,7 +258,10 @@ export class WorkerConnection {
         n = await this.#conn.read(this.#decoder.space());
       } catch (err) {
         if (this.#closed) return;
-        throw new WorkerConnectionError("io", `read failed: ${(err as Error).message}`);
+        throw new WorkerConnectionError(
+          "io",
+          `read failed: ${(err as Error).message}`,
+        );
       }
       if (n === null) {
         const tail = this.#decoder.buffered;
@@ -282,7 +299,9 @@ function nextMessage(decoder: FrameDecoder): WorkerMessage | null {
   }
   if (frame.payload === null) return null;
   const msg = decodeWorkerMessage(frame.payload);
-  if (!msg.ok) throw new WorkerConnectionError("protocol", msg.message, msg.kind);
+  if (!msg.ok) {
+    throw new WorkerConnectionError("protocol", msg.message, msg.kind);
+  }
   return msg.value;
 }
 

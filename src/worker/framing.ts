@@ -56,7 +56,9 @@ export class FrameDecoder {
       );
     }
     this.maxFrameBytes = max;
-    this.#buf = new Uint8Array(Math.min(INITIAL_BUFFER_BYTES, max + HEADER_BYTES));
+    this.#buf = new Uint8Array(
+      Math.min(INITIAL_BUFFER_BYTES, max + HEADER_BYTES),
+    );
   }
 
   /** Bytes received but not yet returned as frames. */
@@ -160,12 +162,18 @@ const utf8 = new TextDecoder("utf-8", { fatal: true, ignoreBOM: true });
 /** Parses a payload into a JSON object with a string `type`. */
 export function parsePayload(
   payload: Uint8Array,
-): { ok: true; value: Record<string, unknown> & { type: string } } | FrameFailure {
+):
+  | { ok: true; value: Record<string, unknown> & { type: string } }
+  | FrameFailure {
   let text: string;
   try {
     text = utf8.decode(payload);
   } catch {
-    return { ok: false, kind: "bad_utf8", message: "payload is not valid UTF-8" };
+    return {
+      ok: false,
+      kind: "bad_utf8",
+      message: "payload is not valid UTF-8",
+    };
   }
 
   let value: unknown;
@@ -180,11 +188,22 @@ export function parsePayload(
   }
 
   if (typeof value !== "object" || value === null || Array.isArray(value)) {
-    return { ok: false, kind: "not_object", message: "payload is not a JSON object" };
+    return {
+      ok: false,
+      kind: "not_object",
+      message: "payload is not a JSON object",
+    };
   }
   const type = (value as Record<string, unknown>).type;
   if (typeof type !== "string") {
-    return { ok: false, kind: "missing_type", message: 'payload has no string member "type"' };
+    return {
+      ok: false,
+      kind: "missing_type",
+      message: 'payload has no string member "type"',
+    };
   }
-  return { ok: true, value: value as Record<string, unknown> & { type: string } };
+  return {
+    ok: true,
+    value: value as Record<string, unknown> & { type: string },
+  };
 }

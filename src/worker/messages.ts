@@ -161,7 +161,9 @@ function fail(type: string, detail: string): never {
 
 function str(m: Obj, key: string, opts: { nonEmpty?: boolean } = {}): string {
   const v = m[key];
-  if (typeof v !== "string") fail(m.type as string, `"${key}" must be a string`);
+  if (typeof v !== "string") {
+    fail(m.type as string, `"${key}" must be a string`);
+  }
   if (opts.nonEmpty && v.length === 0) {
     fail(m.type as string, `"${key}" must not be empty`);
   }
@@ -180,7 +182,12 @@ function id(m: Obj): string {
   return v;
 }
 
-function int(m: Obj, key: string, min: number, max = Number.MAX_SAFE_INTEGER): number {
+function int(
+  m: Obj,
+  key: string,
+  min: number,
+  max = Number.MAX_SAFE_INTEGER,
+): number {
   const v = m[key];
   if (typeof v !== "number" || !Number.isInteger(v) || v < min || v > max) {
     fail(
@@ -200,7 +207,9 @@ function state(m: Obj): void {
   if (v !== "ready" && v !== "reloading" && v !== "draining") {
     fail(
       m.type as string,
-      `"state" must be "ready", "reloading" or "draining", got ${JSON.stringify(v)}`,
+      `"state" must be "ready", "reloading" or "draining", got ${
+        JSON.stringify(v)
+      }`,
     );
   }
 }
@@ -218,8 +227,15 @@ function tokenIds(m: Obj): number[] {
   if (!Array.isArray(v)) fail("chunk", `"token_ids" must be an array`);
   for (let i = 0; i < v.length; i++) {
     const t = v[i];
-    if (typeof t !== "number" || !Number.isInteger(t) || t < 0 || t > UINT32_MAX) {
-      fail("chunk", `"token_ids"[${i}] must be an integer in 0..${UINT32_MAX}, got ${JSON.stringify(t)}`);
+    if (
+      typeof t !== "number" || !Number.isInteger(t) || t < 0 || t > UINT32_MAX
+    ) {
+      fail(
+        "chunk",
+        `"token_ids"[${i}] must be an integer in 0..${UINT32_MAX}, got ${
+          JSON.stringify(t)
+        }`,
+      );
     }
   }
   return v as number[];
@@ -286,7 +302,10 @@ const sidecarChecks: Record<string, (m: Obj) => void> = {
     const hasPrompt = m.prompt !== undefined;
     const hasMessages = m.messages !== undefined;
     if (hasPrompt === hasMessages) {
-      fail("generate", `exactly one of "prompt" and "messages" must be present`);
+      fail(
+        "generate",
+        `exactly one of "prompt" and "messages" must be present`,
+      );
     }
     if (hasPrompt) str(m, "prompt");
     if (hasMessages) {
@@ -345,11 +364,15 @@ function validate<T>(
 }
 
 /** Decodes and validates a frame payload sent by the worker. */
-export function decodeWorkerMessage(payload: Uint8Array): Validated<WorkerMessage> {
+export function decodeWorkerMessage(
+  payload: Uint8Array,
+): Validated<WorkerMessage> {
   return validate<WorkerMessage>(payload, workerChecks);
 }
 
 /** Decodes and validates a frame payload sent by a sidecar (tests, tools). */
-export function decodeSidecarMessage(payload: Uint8Array): Validated<SidecarMessage> {
+export function decodeSidecarMessage(
+  payload: Uint8Array,
+): Validated<SidecarMessage> {
   return validate<SidecarMessage>(payload, sidecarChecks);
 }

@@ -12,8 +12,13 @@ interface Vector {
   expect: { message?: unknown; error?: string };
 }
 
-const file = new URL("../../tests/protocol_vectors/frames.json", import.meta.url);
-const { cases } = JSON.parse(await Deno.readTextFile(file)) as { cases: Vector[] };
+const file = new URL(
+  "../../tests/protocol_vectors/frames.json",
+  import.meta.url,
+);
+const { cases } = JSON.parse(await Deno.readTextFile(file)) as {
+  cases: Vector[];
+};
 
 function frameOf(v: Vector): Uint8Array {
   const payload = v.payload_hex !== undefined
@@ -27,7 +32,9 @@ function frameOf(v: Vector): Uint8Array {
 
 for (const v of cases) {
   Deno.test(`protocol vector (${v.direction}): ${v.name}`, () => {
-    const decoder = new FrameDecoder({ maxFrameBytes: v.max_frame_bytes ?? 1048576 });
+    const decoder = new FrameDecoder({
+      maxFrameBytes: v.max_frame_bytes ?? 1048576,
+    });
     decoder.push(frameOf(v));
     const frame = decoder.next();
 
@@ -37,7 +44,9 @@ for (const v of cases) {
     } else if (frame.payload === null) {
       outcome = { error: "incomplete" };
     } else {
-      const decode = v.direction === "to_sidecar" ? decodeWorkerMessage : decodeSidecarMessage;
+      const decode = v.direction === "to_sidecar"
+        ? decodeWorkerMessage
+        : decodeSidecarMessage;
       const msg = decode(frame.payload);
       outcome = msg.ok ? { message: msg.value } : { error: msg.kind };
     }

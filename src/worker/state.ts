@@ -56,7 +56,11 @@ export type WorkerState =
   | { state: "stopped"; since: number };
 
 /** Values of `sidecar_worker_connection_status{status}`. */
-export type StatusLabel = "connected" | "disconnected" | "reloading" | "draining";
+export type StatusLabel =
+  | "connected"
+  | "disconnected"
+  | "reloading"
+  | "draining";
 
 /** All label values, so every series exists from start-up. */
 export const STATUS_LABELS: readonly StatusLabel[] = [

@@ -5,7 +5,10 @@
  */
 
 import { encodeFrame, FrameDecoder } from "../../src/worker/framing.ts";
-import { decodeSidecarMessage, type SidecarMessage } from "../../src/worker/messages.ts";
+import {
+  decodeSidecarMessage,
+  type SidecarMessage,
+} from "../../src/worker/messages.ts";
 
 /** One accepted connection, seen from the worker's side. */
 export class ScriptedPeer {
@@ -44,13 +47,25 @@ export class ScriptedPeer {
   }
 
   /** Waits for the next message of `type` (skipping pings unless asked). */
-  async expect<T extends SidecarMessage["type"]>(type: T, timeoutMs = 3000): Promise<Extract<SidecarMessage, { type: T }>> {
+  async expect<T extends SidecarMessage["type"]>(
+    type: T,
+    timeoutMs = 3000,
+  ): Promise<Extract<SidecarMessage, { type: T }>> {
     const until = Date.now() + timeoutMs;
     for (;;) {
       const i = this.#inbox.findIndex((m) => m.type === type);
-      if (i >= 0) return this.#inbox.splice(i, 1)[0] as Extract<SidecarMessage, { type: T }>;
-      if (this.closed) throw new Error(`connection closed while waiting for ${type}`);
-      if (Date.now() > until) throw new Error(`no ${type} within ${timeoutMs} ms`);
+      if (i >= 0) {
+        return this.#inbox.splice(i, 1)[0] as Extract<
+          SidecarMessage,
+          { type: T }
+        >;
+      }
+      if (this.closed) {
+        throw new Error(`connection closed while waiting for ${type}`);
+      }
+      if (Date.now() > until) {
+        throw new Error(`no ${type} within ${timeoutMs} ms`);
+      }
       await new Promise<void>((r) => {
         this.#waiters.push(r);
         setTimeout(r, 20);
@@ -106,7 +121,10 @@ export class ScriptedWorker {
   #peers: ScriptedPeer[] = [];
   #waiters: (() => void)[] = [];
 
-  private constructor(path: string, listener: Deno.Listener<Deno.UnixConn, Deno.UnixAddr>) {
+  private constructor(
+    path: string,
+    listener: Deno.Listener<Deno.UnixConn, Deno.UnixAddr>,
+  ) {
     this.path = path;
     this.#listener = listener;
     void this.#accept();
@@ -131,7 +149,9 @@ export class ScriptedWorker {
   async peer(n = 0, timeoutMs = 3000): Promise<ScriptedPeer> {
     const until = Date.now() + timeoutMs;
     while (this.#peers.length <= n) {
-      if (Date.now() > until) throw new Error(`no connection #${n} within ${timeoutMs} ms`);
+      if (Date.now() > until) {
+        throw new Error(`no connection #${n} within ${timeoutMs} ms`);
+      }
       await new Promise<void>((r) => {
         this.#waiters.push(r);
         setTimeout(r, 20);
