@@ -9,16 +9,19 @@
 import { ConfigError, loadConfig } from "./src/config/mod.ts";
 import { waitForShutdownSignal } from "./src/lifecycle/signals.ts";
 import { createLogger } from "./src/log/logger.ts";
+import { UsageQueue } from "./src/metering/queue.ts";
 import { startSidecar } from "./src/sidecar.ts";
 import { SIDECAR_VERSION } from "./src/version.ts";
 
 const USAGE = `cy-sidecar ${SIDECAR_VERSION}
 
-Usage: cy-sidecar [--config FILE] [--check-config] [--version] [--help]
+Usage: cy-sidecar [--config FILE] [--check-config | --dump-usage] [--version] [--help]
 
   --config FILE    read settings from FILE (TOML); without it the embedded
                    defaults are used (see docs/configuration.md)
   --check-config   validate the configuration, print every problem, and exit
+  --dump-usage     print every usage record in the usage queue (pending and
+                   set aside) as JSON lines, and exit; removes nothing
   --version        print the version and exit
   --help           print this text and exit
 `;
@@ -26,10 +29,11 @@ Usage: cy-sidecar [--config FILE] [--check-config] [--version] [--help]
 interface Flags {
   config?: string;
   checkConfig: boolean;
+  dumpUsage: boolean;
 }
 
 function parseFlags(args: string[]): Flags {
-  const flags: Flags = { checkConfig: false };
+  const flags: Flags = { checkConfig: false, dumpUsage: false };
   for (let i = 0; i < args.length; i++) {
     const arg = args[i];
     if (arg === "--help" || arg === "-h") {
@@ -40,6 +44,8 @@ function parseFlags(args: string[]): Flags {
       Deno.exit(0);
     } else if (arg === "--check-config") {
       flags.checkConfig = true;
+    } else if (arg === "--dump-usage") {
+      flags.dumpUsage = true;
     } else if (arg === "--config" && i + 1 < args.length) {
       flags.config = args[++i];
     } else if (arg.startsWith("--config=")) {
@@ -52,6 +58,16 @@ function parseFlags(args: string[]): Flags {
     }
   }
   return flags;
+}
+
+/** Prints the usage queue as JSON lines on stdout. */
+async function dumpUsage(path: string): Promise<void> {
+  const queue = await UsageQueue.open(path);
+  const out = new TextEncoder();
+  for await (const entry of queue.dump()) {
+    await Deno.stdout.write(out.encode(JSON.stringify(entry) + "\n"));
+  }
+  await queue.close();
 }
 
 async function main(): Promise<void> {
@@ -67,6 +83,10 @@ async function main(): Promise<void> {
   }
   if (flags.checkConfig) {
     console.log(`${flags.config ?? "(embedded defaults)"}: ok`);
+    return;
+  }
+  if (flags.dumpUsage) {
+    await dumpUsage(config.metering.usageDbPath);
     return;
   }
 

@@ -33,6 +33,7 @@ export type ErrorKind =
   | "model_mismatch"
   | "deadline"
   | "cancelled"
+  | "metering_backlog"
   | "shutting_down";
 
 interface Mapping {
@@ -53,6 +54,7 @@ export const ERROR_STATUS: Readonly<Record<ErrorKind, Mapping>> = {
   model_mismatch: { grpc: GrpcCode.FAILED_PRECONDITION, http: 412 },
   deadline: { grpc: GrpcCode.DEADLINE_EXCEEDED, http: 504 },
   cancelled: { grpc: GrpcCode.CANCELLED, http: 499 },
+  metering_backlog: { grpc: GrpcCode.UNAVAILABLE, http: 503 },
   shutting_down: { grpc: GrpcCode.UNAVAILABLE, http: 503 },
 };
 

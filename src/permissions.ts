@@ -81,6 +81,8 @@ export function permissionSet(
 export function denoFlags(set: PermissionSet): string[] {
   return [
     "--no-prompt",
+    // The usage queue is a Deno KV database.
+    "--unstable-kv",
     `--allow-net=${set.net.join(",")}`,
     `--allow-read=${set.read.join(",")}`,
     `--allow-write=${set.write.join(",")}`,

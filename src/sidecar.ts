@@ -8,7 +8,9 @@
 
 import type { Config } from "./config/mod.ts";
 import type { Logger } from "./log/logger.ts";
+import { startMeter } from "./metering/mod.ts";
 import { startMetricsServer } from "./metrics/http.ts";
+import { SessionSeries } from "./metrics/session_series.ts";
 import { SidecarMetrics } from "./metrics/registry.ts";
 import { startGatewayServer } from "./gateway/server.ts";
 import type { GenerationDeps } from "./gateway/generation.ts";
@@ -16,6 +18,13 @@ import { realClock } from "./util/clock.ts";
 import { SIDECAR_AGENT } from "./version.ts";
 import { WorkerClient } from "./worker/client.ts";
 import { statusLabel } from "./worker/state.ts";
+
+// How often idle per-session metric series are looked for, at most.
+const SESSION_SWEEP_MAX_MS = 30_000;
+
+// The last billing flush at shutdown is bounded so that it fits inside a
+// pod's termination grace period after the streams have drained.
+const USAGE_FLUSH_ON_SHUTDOWN_MS = 3_000;
 
 /** A running sidecar. */
 export interface Sidecar {
@@ -67,12 +76,29 @@ export async function startSidecar(
     () => worker.waiting,
   );
 
+  const meter = await startMeter(
+    config,
+    metrics,
+    log.child({ component: "metering" }),
+  );
+  const sessions = new SessionSeries({
+    counter: metrics.tokensProcessed,
+    ttlMs: config.observability.sessionSeriesTtlMs,
+    maxSeries: config.observability.maxSessionSeries,
+    clock,
+  });
+  sessions.start(
+    Math.min(config.observability.sessionSeriesTtlMs, SESSION_SWEEP_MAX_MS),
+  );
+
   const deps: GenerationDeps = {
     worker,
     metrics,
     log: log.child({ component: "gateway" }),
     clock,
-    record: () => {},
+    record: (outcome) => meter.record(outcome),
+    admit: () => meter.admit(),
+    sessions,
   };
 
   let shuttingDown = false;
@@ -88,6 +114,7 @@ export async function startSidecar(
     metrics,
     worker,
     shuttingDown: () => shuttingDown,
+    meteringFull: () => meter.full,
   });
   worker.start();
 
@@ -113,6 +140,11 @@ export async function startSidecar(
       worker.stop();
       grpcServer.server.forceShutdown();
       await closed;
+      sessions.stop();
+
+      // Every record is already durable; this only shortens the backlog
+      // the next start will send.
+      await meter.shutdown(USAGE_FLUSH_ON_SHUTDOWN_MS);
       await metricsServer.server.shutdown();
     },
   };

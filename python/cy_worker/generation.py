@@ -107,6 +107,7 @@ class Generation:
         write = conn.write
         limit = conn.peer_max_frame_bytes
         prefix = '{"type":"chunk","id":' + encode_str(req.id) + ',"text":'
+        first = True
 
         while True:
             if self.credit <= 0:
@@ -130,7 +131,16 @@ class Generation:
             if count == 0 and not text:
                 continue
 
-            payload = (prefix + encode_str(text) + ',"token_ids":' + ids_json + "}").encode()
+            tail = "}"
+            if first:
+                # The prompt's size is known once prefill is done; telling
+                # the sidecar now lets it bill the prompt even if the
+                # generation is cut short before `done`.
+                first = False
+                prompt = req.prompt_tokens
+                if type(prompt) is int and prompt >= 0:
+                    tail = ',"prompt_tokens":' + str(prompt) + "}"
+            payload = (prefix + encode_str(text) + ',"token_ids":' + ids_json + tail).encode()
             size = len(payload)
             if size > limit:
                 raise WorkerError(

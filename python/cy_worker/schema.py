@@ -186,6 +186,7 @@ SCHEMAS: Dict[str, Dict[str, Check]] = {
                 "id": _ID,
                 "text": (True, _is_str, "a string"),
                 "token_ids": (True, _is_token_ids, "an array of integers in 0..2^32-1"),
+                "prompt_tokens": (False, _int_at_least(0), "an integer >= 0"),
             },
             _check_chunk,
         ),

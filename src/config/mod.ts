@@ -36,6 +36,7 @@ export {
   type LogFormat,
   type LogLevel,
   type MeteringConfig,
+  type MeteringMode,
   type ObservabilityConfig,
   type SectionName,
   SECTIONS,

@@ -31,6 +31,9 @@ export type LogFormat = "json" | "text";
 /** How usage records are encoded when sent to the billing endpoint. */
 export type UsageFormat = "json" | "cloudevents";
 
+/** Whether usage is metered durably (`durable`) or not at all (`off`). */
+export type MeteringMode = "durable" | "off";
+
 /** `[server]`: the gRPC front facing the gateway. */
 export interface ServerConfig {
   /** Host to listen on; IPv6 literals are held without brackets. */
@@ -65,6 +68,8 @@ export interface WorkerConfig {
 
 /** `[metering]`: usage records and their delivery to billing. */
 export interface MeteringConfig {
+  /** `off` records no usage at all; for benchmarks and development only. */
+  mode: MeteringMode;
   /** Where usage batches are posted; null keeps records without sending. */
   billingEndpoint: string | null;
   /** How often a batch of usage records is sent. */
@@ -287,6 +292,15 @@ export const CONFIG_KEYS: readonly ConfigKey[] = [
     set: (c, v) => (c.worker.queueTimeoutMs = v),
   }),
 
+  key({
+    section: "metering",
+    key: "mode",
+    default: "durable",
+    check: oneOf<MeteringMode>("durable", "off"),
+    doc:
+      "durable: queue every usage record on disk; off: meter nothing (benchmarks)",
+    set: (c, v) => (c.metering.mode = v),
+  }),
   key({
     section: "metering",
     key: "billing_endpoint",

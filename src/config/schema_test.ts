@@ -29,6 +29,7 @@ Deno.test("DEFAULT_CONFIG holds the documented defaults in milliseconds", () => 
       queueTimeoutMs: 5_000,
     },
     metering: {
+      mode: "durable",
       billingEndpoint: null,
       batchIntervalMs: 10_000,
       offlineQueueSize: 10_000,

@@ -13,6 +13,7 @@
 import { GrpcCode, SidecarError } from "../errors.ts";
 import type { Logger } from "../log/logger.ts";
 import type { SidecarMetrics } from "../metrics/registry.ts";
+import type { SeriesLease, SessionSeries } from "../metrics/session_series.ts";
 import type { Clock, TimerId } from "../util/clock.ts";
 import type { WorkerClient } from "../worker/client.ts";
 import type {
@@ -67,6 +68,9 @@ export interface GenerationDeps {
   log: Logger;
   clock: Clock;
   record: OutcomeRecorder;
+  /** Null when a generation may start; otherwise why not (e.g. usage backlog). */
+  admit: () => SidecarError | null;
+  sessions: SessionSeries;
 }
 
 /** One generation on a gateway stream. */
@@ -78,13 +82,15 @@ export class Generation implements GenerationSink {
   #out: GenerationOutput;
   #gate: FlowGate;
   #handle: GenerationHandle | null = null;
+  #started = false;
   #ended = false;
+  #promptTokens = 0;
   #delivered = 0;
   #owed = 0;
   #startedAt: number;
   #startedAtMs = Date.now();
   #firstTokenSeen = false;
-  #tokens: { inc(n: number): void } | null = null;
+  #tokens: SeriesLease | null = null;
   #timer: TimerId | null = null;
   #onEnd: () => void;
 
@@ -115,11 +121,18 @@ export class Generation implements GenerationSink {
 
   /** Submits to the worker; failures are reported through the output. */
   start(): void {
+    const refusal = this.#deps.admit();
+    if (refusal) {
+      this.fail(refusal);
+      return;
+    }
     const result = this.#deps.worker.submit(this.#req.generation, this);
     if (!result.ok) {
       this.fail(result.error);
       return;
     }
+    // From here on the generation may reach the worker: it is metered.
+    this.#started = true;
     this.#handle = result.handle;
     if (this.#req.timeoutMs > 0 && !this.#ended) {
       this.#timer = this.#deps.clock.setTimeout(() => {
@@ -146,7 +159,12 @@ export class Generation implements GenerationSink {
         "cancelled",
         `request ${this.requestId} was cancelled by the client`,
       );
-    this.#finish(deadline ? "deadline_exceeded" : "cancelled", 0, null, error);
+    this.#finish(
+      deadline ? "deadline_exceeded" : "cancelled",
+      this.#promptTokens,
+      null,
+      error,
+    );
   }
 
   /** Gives credit owed to this generation back after the stream drained. */
@@ -159,18 +177,19 @@ export class Generation implements GenerationSink {
 
   // ---- GenerationSink: events from the worker ----
 
-  chunk(text: string, tokenIds: number[]): void {
+  chunk(text: string, tokenIds: number[], promptTokens?: number): void {
     if (this.#ended) return;
+    if (promptTokens !== undefined) this.#promptTokens = promptTokens;
     if (!this.#firstTokenSeen) {
       this.#firstTokenSeen = true;
       this.#deps.metrics.timeToFirstToken.observe(
         { model_id: this.#modelId() },
         (this.#deps.clock.now() - this.#startedAt) / 1000,
       );
-      this.#tokens = this.#deps.metrics.tokensProcessed.labels({
-        session_id: this.#req.generation.sessionId,
-        model_id: this.#modelId(),
-      });
+      this.#tokens = this.#deps.sessions.acquire(
+        this.#req.generation.sessionId,
+        this.#modelId(),
+      );
     }
 
     this.#out.event({
@@ -214,7 +233,7 @@ export class Generation implements GenerationSink {
 
   fail(error: SidecarError): void {
     if (this.#ended) return;
-    this.#finish("error", 0, null, error);
+    this.#finish("error", this.#promptTokens, null, error);
   }
 
   // ---- the one exit ----
@@ -228,6 +247,7 @@ export class Generation implements GenerationSink {
   ): void {
     this.#ended = true;
     if (this.#timer !== null) this.#deps.clock.clearTimeout(this.#timer);
+    this.#tokens?.release();
 
     const outcome: GenerationOutcome = {
       requestId: this.requestId,
@@ -260,6 +280,12 @@ export class Generation implements GenerationSink {
       this.#onEnd();
     };
 
+    // A generation refused before it could reach the worker used nothing.
+    if (!this.#started) {
+      emit();
+      return;
+    }
+
     // The outcome is recorded before the caller sees the end, so that a
     // generation the gateway saw complete is always metered.
     let pending: Promise<void> | void;
@@ -270,8 +296,12 @@ export class Generation implements GenerationSink {
     }
     if (pending instanceof Promise) {
       pending.then(emit, (err) => {
+        this.#deps.metrics.usageRecordFailures.inc();
         this.#deps.log.error("usage could not be recorded", {
           request_id: this.requestId,
+          session_id: outcome.sessionId,
+          prompt_tokens: outcome.promptTokens,
+          completion_tokens: outcome.completionTokens,
           error: err,
         });
         emit();

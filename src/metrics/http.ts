@@ -18,6 +18,8 @@ export interface MetricsServerOptions {
   worker: WorkerClient;
   /** True once shutdown began: readiness fails so traffic moves away. */
   shuttingDown: () => boolean;
+  /** True while the usage queue is full and new generations are refused. */
+  meteringFull: () => boolean;
 }
 
 /** Serves the observability endpoints; returns the server and bound port. */
@@ -47,11 +49,14 @@ export function startMetricsServer(
         return Response.json({ status: "ok" });
       case "/readyz": {
         const s = worker.state;
-        const ready = s.state === "ready" && !options.shuttingDown();
+        const usageFull = options.meteringFull();
+        const ready = s.state === "ready" && !options.shuttingDown() &&
+          !usageFull;
         return Response.json(
           {
             ready,
             worker_state: s.state,
+            usage_queue_full: usageFull,
             ...("info" in s ? { model_id: s.info.modelId } : {}),
           },
           { status: ready ? 200 : 503 },

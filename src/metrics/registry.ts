@@ -57,6 +57,11 @@ export class SidecarMetrics {
   readonly workerConnectionErrors: client.Counter<"kind">;
   readonly gatewaySendErrors: client.Counter<"kind">;
   readonly usageMismatches: client.Counter<"model_id">;
+  readonly usageRecorded: client.Counter;
+  readonly usageSent: client.Counter;
+  readonly usageSendFailures: client.Counter<"kind">;
+  readonly usageSetAside: client.Counter;
+  readonly usageRecordFailures: client.Counter;
 
   constructor() {
     const registry = new client.Registry();
@@ -117,6 +122,36 @@ export class SidecarMetrics {
       registers,
     });
 
+    this.usageRecorded = new client.Counter({
+      name: "sidecar_usage_records_total",
+      help: "Usage records committed to the durable usage queue.",
+      registers,
+    });
+    this.usageSent = new client.Counter({
+      name: "sidecar_usage_records_sent_total",
+      help: "Usage records the billing endpoint acknowledged.",
+      registers,
+    });
+    this.usageSendFailures = new client.Counter({
+      name: "sidecar_usage_send_failures_total",
+      help:
+        "Failed usage batch sends, by kind (network, timeout, http_4xx, http_5xx, http_429).",
+      labelNames: ["kind"] as const,
+      registers,
+    });
+    this.usageSetAside = new client.Counter({
+      name: "sidecar_usage_records_set_aside_total",
+      help: "Usage records the billing endpoint refused for good, moved aside.",
+      registers,
+    });
+
+    this.usageRecordFailures = new client.Counter({
+      name: "sidecar_usage_record_failures_total",
+      help:
+        "Usage records that could not be written to the usage queue (logged in full).",
+      registers,
+    });
+
     this.setWorkerStatus("disconnected");
   }
 
@@ -128,13 +163,17 @@ export class SidecarMetrics {
   }
 
   /** Registers a gauge whose value is read at scrape time. */
-  gaugeFrom(name: string, help: string, read: () => number): void {
+  gaugeFrom(
+    name: string,
+    help: string,
+    read: () => number | Promise<number>,
+  ): void {
     new client.Gauge({
       name,
       help,
       registers: [this.registry],
-      collect() {
-        this.set(read());
+      async collect() {
+        this.set(await read());
       },
     });
   }

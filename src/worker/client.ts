@@ -428,7 +428,7 @@ export class WorkerClient {
           return;
         }
         ex.credit--;
-        ex.sink.chunk(msg.text, msg.token_ids);
+        ex.sink.chunk(msg.text, msg.token_ids, msg.prompt_tokens);
         return;
       }
       case "done":

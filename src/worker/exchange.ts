@@ -29,7 +29,8 @@ export interface WorkerDone {
 
 /** Where a generation's events go. Calls never overlap; `done`/`fail` come once. */
 export interface GenerationSink {
-  chunk(text: string, tokenIds: number[]): void;
+  /** `promptTokens` comes with the first chunk when the worker reports it. */
+  chunk(text: string, tokenIds: number[], promptTokens?: number): void;
   system(kind: "reloading" | "resumed", text: string, etaMs: number): void;
   done(result: WorkerDone): void;
   fail(error: SidecarError): void;

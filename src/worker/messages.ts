@@ -101,6 +101,8 @@ export interface ChunkMsg {
   id: string;
   text: string;
   token_ids: number[];
+  /** On the first chunk: the prompt's token count, known after prefill. */
+  prompt_tokens?: number;
 }
 
 export interface Usage {
@@ -254,6 +256,7 @@ const workerChecks: Record<string, (m: Obj) => void> = {
   chunk(m) {
     id(m);
     const text = str(m, "text");
+    optInt(m, "prompt_tokens", 0, UINT32_MAX);
     if (tokenIds(m).length === 0 && text.length === 0) {
       fail("chunk", "a chunk must carry token ids or text");
     }

@@ -1,0 +1,86 @@
+/**
+ * The usage record: what one generation is billed for. Its `id` is the
+ * idempotency key: a record is sent again with the same id until the
+ * billing service acknowledges it, so deduplicating on `id` makes totals
+ * exact.
+ *
+ * @module
+ */
+
+import type { GenerationOutcome } from "../gateway/generation.ts";
+
+/** Version of the record's shape, sent with every record. */
+export const USAGE_SCHEMA = "cy.sidecar.usage.v1";
+
+/** One generation's usage. Field names are the wire format (docs/metering.md). */
+export interface UsageRecord {
+  /** UUIDv7: unique, and ordered by creation time. */
+  id: string;
+  schema: typeof USAGE_SCHEMA;
+  request_id: string;
+  session_id: string;
+  model_id: string;
+  billing_labels: Record<string, string>;
+  prompt_tokens: number;
+  /** Token ids the sidecar delivered to the gateway. */
+  completion_tokens: number;
+  /** The worker's own count, when it reported one (null otherwise). */
+  worker_completion_tokens: number | null;
+  finish_reason: string;
+  /** RFC 3339 UTC timestamps. */
+  started_at: string;
+  ended_at: string;
+  /** The sidecar instance that metered the generation. */
+  sidecar_instance: string;
+}
+
+/** Builds the record of a finished generation. */
+export function usageRecord(
+  outcome: GenerationOutcome,
+  instance: string,
+): UsageRecord {
+  return {
+    id: uuidv7(outcome.endedAtMs),
+    schema: USAGE_SCHEMA,
+    request_id: outcome.requestId,
+    session_id: outcome.sessionId,
+    model_id: outcome.modelId,
+    billing_labels: outcome.billingLabels,
+    prompt_tokens: outcome.promptTokens,
+    completion_tokens: outcome.completionTokens,
+    worker_completion_tokens: outcome.workerCompletionTokens,
+    finish_reason: outcome.finishReason,
+    started_at: new Date(outcome.startedAtMs).toISOString(),
+    ended_at: new Date(outcome.endedAtMs).toISOString(),
+    sidecar_instance: instance,
+  };
+}
+
+const HEX = Array.from(
+  { length: 256 },
+  (_, i) => i.toString(16).padStart(2, "0"),
+);
+
+/**
+ * A UUID version 7 (RFC 9562): 48 bits of Unix milliseconds, then random
+ * bits. Sorting ids sorts records by time, which keeps the queue in order.
+ */
+export function uuidv7(unixMs: number = Date.now()): string {
+  const b = crypto.getRandomValues(new Uint8Array(16));
+  let ms = Math.floor(unixMs);
+  for (let i = 5; i >= 0; i--) {
+    b[i] = ms % 256;
+    ms = Math.floor(ms / 256);
+  }
+  b[6] = 0x70 | (b[6] & 0x0f);
+  b[8] = 0x80 | (b[8] & 0x3f);
+  const h = Array.from(b, (x) => HEX[x]).join("");
+  return `${h.slice(0, 8)}-${h.slice(8, 12)}-${h.slice(12, 16)}-${
+    h.slice(16, 20)
+  }-${h.slice(20)}`;
+}
+
+/** The creation time encoded in a UUIDv7, in Unix milliseconds. */
+export function uuidv7Time(id: string): number {
+  return parseInt(id.slice(0, 8) + id.slice(9, 13), 16);
+}
