@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Every check and test of the project: formatting, lint, types, the Deno
-# unit and end-to-end suites, and the Python worker package's suite.
+# unit and end-to-end suites, the Python worker package's suite, and a
+# Python gRPC gateway (grpcio) against the real sidecar.
 # Installs what it needs first (scripts/bootstrap.sh).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -23,4 +24,8 @@ step "deno test (unit and end-to-end)"
 "$DENO" test -A --unstable-kv --parallel "$@"
 
 step "pytest (python worker package)"
-(cd python && "$PY" -m pytest -q -p no:cacheprovider)
+(cd python && "$PY" -m pytest -q -p no:cacheprovider tests)
+
+step "pytest (grpcio gateway against the real sidecar)"
+# A separate directory: it needs grpcio, the worker package does not.
+(cd python && "$PY" -m pytest -q -p no:cacheprovider tests_gateway)
