@@ -19,7 +19,9 @@ export const REQUEST_LIMITS = {
   stopChars: 256,
   billingLabels: 64,
   labelKeyChars: 128,
-  labelValueChars: 1024,
+  // Labels are stored with every usage record; with these bounds a record
+  // stays well under the 64 KiB a Deno KV value may hold.
+  labelValueChars: 256,
 } as const;
 
 /** A validated request plus what the sidecar itself keeps about it. */
