@@ -7,13 +7,14 @@
  */
 
 import type { Config } from "./config/mod.ts";
+import { SidecarError } from "./errors.ts";
 import type { Logger } from "./log/logger.ts";
 import { startMeter } from "./metering/mod.ts";
 import { startMetricsServer } from "./metrics/http.ts";
 import { SessionSeries } from "./metrics/session_series.ts";
 import { SidecarMetrics } from "./metrics/registry.ts";
 import { startGatewayServer } from "./gateway/server.ts";
-import type { GenerationDeps } from "./gateway/generation.ts";
+import { type GenerationDeps, LiveCount } from "./gateway/generation.ts";
 import { realClock } from "./util/clock.ts";
 import { SIDECAR_AGENT } from "./version.ts";
 import { WorkerClient } from "./worker/client.ts";
@@ -25,6 +26,17 @@ const SESSION_SWEEP_MAX_MS = 30_000;
 // The last billing flush at shutdown is bounded so that it fits inside a
 // pod's termination grace period after the streams have drained.
 const USAGE_FLUSH_ON_SHUTDOWN_MS = 3_000;
+
+// After the last generation ended, connections get this long to flush
+// their final messages before they are torn down.
+const CLOSE_GRACE_MS = 2_000;
+
+const SHUTTING_DOWN = () =>
+  new SidecarError(
+    "shutting_down",
+    "sidecar is shutting down; retry on another instance",
+    { retryAfterMs: 1000 },
+  );
 
 /** A running sidecar. */
 export interface Sidecar {
@@ -97,8 +109,9 @@ export async function startSidecar(
     log: log.child({ component: "gateway" }),
     clock,
     record: (outcome) => meter.record(outcome),
-    admit: () => meter.admit(),
+    admit: () => shuttingDown ? SHUTTING_DOWN() : meter.admit(),
     sessions,
+    live: new LiveCount(),
   };
 
   let shuttingDown = false;
@@ -124,22 +137,30 @@ export async function startSidecar(
     worker,
     metrics,
     async shutdown(graceMs: number) {
+      // New generations are refused from now on and readiness fails, so
+      // traffic moves to other pods; GOAWAY tells connected gateways to
+      // open no new streams here, while the streams in flight go on.
       shuttingDown = true;
-
-      // Refuse new streams (GOAWAY) while the ones in flight finish.
-      const closed = new Promise<void>((resolve) =>
-        grpcServer.server.tryShutdown(() => resolve())
+      const closed = new Promise<true>((resolve) =>
+        grpcServer.server.tryShutdown(() => resolve(true))
       );
-      const left = await worker.drain(graceMs);
-      if (left > 0) {
+      const drained = await deps.live.idle(graceMs);
+      if (!drained) {
         log.warn("shutdown grace ran out; cancelling generations", {
-          in_flight: left,
+          in_flight: deps.live.count,
         });
       }
 
+      // What is left fails with UNAVAILABLE and is metered; then the final
+      // messages get a moment to flush before connections are torn down.
       worker.stop();
-      grpcServer.server.forceShutdown();
-      await closed;
+      await deps.live.idle(CLOSE_GRACE_MS);
+      const timeout = new Promise<false>((r) =>
+        setTimeout(() => r(false), CLOSE_GRACE_MS)
+      );
+      if (!await Promise.race([closed, timeout])) {
+        grpcServer.server.forceShutdown();
+      }
       sessions.stop();
 
       // Every record is already durable; this only shortens the backlog

@@ -70,7 +70,40 @@ export interface GenerationDeps {
   record: OutcomeRecorder;
   /** Null when a generation may start; otherwise why not (e.g. usage backlog). */
   admit: () => SidecarError | null;
+  /** Counts generations from start until their last event is written. */
+  live: LiveCount;
   sessions: SessionSeries;
+}
+
+/** Generations started and not yet ended on their stream; drained at shutdown. */
+export class LiveCount {
+  #n = 0;
+  #idle: (() => void)[] = [];
+
+  get count(): number {
+    return this.#n;
+  }
+
+  begin(): void {
+    this.#n++;
+  }
+
+  end(): void {
+    this.#n--;
+    if (this.#n === 0) { for (const f of this.#idle.splice(0)) f(); }
+  }
+
+  /** Resolves true when the count reaches 0, or false after `timeoutMs`. */
+  idle(timeoutMs: number): Promise<boolean> {
+    if (this.#n === 0) return Promise.resolve(true);
+    return new Promise((resolve) => {
+      const timer = setTimeout(() => resolve(false), timeoutMs);
+      this.#idle.push(() => {
+        clearTimeout(timer);
+        resolve(true);
+      });
+    });
+  }
 }
 
 /** One generation on a gateway stream. */
@@ -121,6 +154,7 @@ export class Generation implements GenerationSink {
 
   /** Submits to the worker; failures are reported through the output. */
   start(): void {
+    this.#deps.live.begin();
     const refusal = this.#deps.admit();
     if (refusal) {
       this.fail(refusal);
@@ -278,6 +312,7 @@ export class Generation implements GenerationSink {
         this.#out.failed(error, usage);
       }
       this.#onEnd();
+      this.#deps.live.end();
     };
 
     // A generation refused before it could reach the worker used nothing.

@@ -159,21 +159,6 @@ export class WorkerClient {
     return { ok: true, handle: this.#handle(ex) };
   }
 
-  /**
-   * Stops admitting generations and resolves once none is in flight or
-   * waiting, or after `timeoutMs`; returns how many were still running.
-   */
-  async drain(timeoutMs: number): Promise<number> {
-    this.#draining = true;
-    const until = this.#clock.now() + timeoutMs;
-    while (
-      this.#active.size + this.#waiting.length > 0 && this.#clock.now() < until
-    ) {
-      await new Promise((r) => setTimeout(r, 20));
-    }
-    return this.#active.size + this.#waiting.length;
-  }
-
   /** Fails everything still running, closes the connection, stops timers. */
   stop(): void {
     this.#draining = true;
