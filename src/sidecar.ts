@@ -7,7 +7,6 @@
  */
 
 import type { Config } from "./config/mod.ts";
-import { SidecarError } from "./errors.ts";
 import type { Logger } from "./log/logger.ts";
 import { startMeter } from "./metering/mod.ts";
 import { startMetricsServer } from "./metrics/http.ts";
@@ -30,13 +29,6 @@ const USAGE_FLUSH_ON_SHUTDOWN_MS = 3_000;
 // After the last generation ended, connections get this long to flush
 // their final messages before they are torn down.
 const CLOSE_GRACE_MS = 2_000;
-
-const SHUTTING_DOWN = () =>
-  new SidecarError(
-    "shutting_down",
-    "sidecar is shutting down; retry on another instance",
-    { retryAfterMs: 1000 },
-  );
 
 /** A running sidecar. */
 export interface Sidecar {
@@ -109,7 +101,7 @@ export async function startSidecar(
     log: log.child({ component: "gateway" }),
     clock,
     record: (outcome) => meter.record(outcome),
-    admit: () => shuttingDown ? SHUTTING_DOWN() : meter.admit(),
+    admit: () => meter.admit(),
     sessions,
     live: new LiveCount(),
   };
@@ -141,6 +133,7 @@ export async function startSidecar(
       // traffic moves to other pods; GOAWAY tells connected gateways to
       // open no new streams here, while the streams in flight go on.
       shuttingDown = true;
+      worker.refuseNew();
       const closed = new Promise<true>((resolve) =>
         grpcServer.server.tryShutdown(() => resolve(true))
       );

@@ -9,7 +9,6 @@
 import * as grpc from "@grpc/grpc-js";
 import { SIDECAR_VERSION } from "../version.ts";
 import type { WorkerClient } from "../worker/client.ts";
-import type { WorkerState } from "../worker/state.ts";
 import type { WorkerStatusPb } from "./types.ts";
 
 /** Service names the health service answers for. */
@@ -59,9 +58,9 @@ export function workerStatus(worker: WorkerClient): WorkerStatusPb {
   }
 }
 
-/** SERVING while the worker is ready. */
-export function servingStatus(s: WorkerState): ServingStatus {
-  return s.state === "ready" ? "SERVING" : "NOT_SERVING";
+/** SERVING while the worker is ready and the sidecar takes new work. */
+export function servingStatus(worker: WorkerClient): ServingStatus {
+  return worker.accepting ? "SERVING" : "NOT_SERVING";
 }
 
 /** Handlers of `Sidecar.GetStatus`. */
@@ -76,9 +75,9 @@ export function healthHandlers(
   worker: WorkerClient,
 ): grpc.UntypedServiceImplementation {
   const watchers = new Set<(s: ServingStatus) => void>();
-  let last = servingStatus(worker.state);
-  worker.onStateChange((s) => {
-    const next = servingStatus(s);
+  let last = servingStatus(worker);
+  worker.onStateChange(() => {
+    const next = servingStatus(worker);
     if (next === last) return;
     last = next;
     for (const w of watchers) w(next);
@@ -98,7 +97,7 @@ export function healthHandlers(
         });
         return;
       }
-      callback(null, { status: servingStatus(worker.state) });
+      callback(null, { status: servingStatus(worker) });
     },
     Watch(call: grpc.ServerWritableStream<{ service: string }, unknown>) {
       if (!known(call.request.service)) {
@@ -106,7 +105,7 @@ export function healthHandlers(
         return; // stays open, as the protocol asks: the service may appear
       }
       const send = (status: ServingStatus) => call.write({ status });
-      send(servingStatus(worker.state));
+      send(servingStatus(worker));
       watchers.add(send);
       call.on("cancelled", () => watchers.delete(send));
       call.on("close", () => watchers.delete(send));

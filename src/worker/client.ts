@@ -125,6 +125,20 @@ export class WorkerClient {
     return this.#waiting.length;
   }
 
+  /** True while new generations are taken: the worker is ready and the sidecar is not shutting down. */
+  get accepting(): boolean {
+    return this.#state.state === "ready" && !this.#draining;
+  }
+
+  /**
+   * Refuses new generations from now on (shutdown); those in flight go on.
+   * Listeners are told, so health checks turn NOT_SERVING at once.
+   */
+  refuseNew(): void {
+    this.#draining = true;
+    for (const l of this.#listeners) l(this.#state);
+  }
+
   /** Calls `listener` on every state change. */
   onStateChange(listener: (s: WorkerState) => void): void {
     this.#listeners.push(listener);
