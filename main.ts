@@ -94,7 +94,13 @@ async function main(): Promise<void> {
     level: config.observability.logLevel,
     format: config.observability.logFormat,
   });
-  const sidecar = await startSidecar(config, log);
+  let sidecar;
+  try {
+    sidecar = await startSidecar(config, log);
+  } catch (err) {
+    log.error("cannot start", { error: err });
+    Deno.exit(1);
+  }
   log.info("cy-sidecar started", {
     version: SIDECAR_VERSION,
     config: flags.config ?? "(embedded defaults)",

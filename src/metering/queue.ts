@@ -54,9 +54,24 @@ export class UsageQueue {
     this.#asideCount = aside;
   }
 
-  /** Opens (creating if needed) the database at `path`. */
+  /**
+   * Opens (creating it and its directory if needed) the database at `path`.
+   *
+   * @throws {Error} naming the path, when it cannot be created or opened.
+   */
   static async open(path: string): Promise<UsageQueue> {
-    const kv = await Deno.openKv(path);
+    let kv: Deno.Kv;
+    try {
+      await Deno.mkdir(path.slice(0, path.lastIndexOf("/")) || "/", {
+        recursive: true,
+      });
+      kv = await Deno.openKv(path);
+    } catch (err) {
+      throw new Error(
+        `Cannot open the usage queue at ${path}: ${(err as Error).message}`,
+        { cause: err },
+      );
+    }
     let depth = 0;
     for await (const _ of kv.list({ prefix: [...PENDING] })) depth++;
     let aside = 0;
