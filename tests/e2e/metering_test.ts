@@ -177,19 +177,86 @@ Deno.test("a lost acknowledgement makes the sidecar resend the same ids, so dedu
   }
 });
 
-Deno.test("a worker killed mid-stream bills exactly what was delivered, prompt included", async () => {
+Deno.test("a worker killed mid-stream bills exactly what each stream delivered, prompt included", async () => {
   const t = await bed();
   try {
-    const out = await generate(
-      t.client,
-      req("crash-1", "three word prompt [[sim tokens=10 fault=exit after=4]]"),
+    // Ten streams paused between tokens; the worker dies while all are open.
+    const ids = Array.from({ length: 10 }, (_, i) => `crash-${i}`);
+    const streams = ids.map((id, i) =>
+      generate(
+        t.client,
+        req(id, `three word prompt [[sim tokens=50 itl_ms=${100 + 10 * i}]]`, {
+          sampling: { max_tokens: 0 },
+        }),
+      )
     );
-    equal(out.error?.code, 14);
-    equal(out.tokenIds.length, 4);
-    const [rec] = await t.billing.waitFor((u) => u.length === 1);
-    equal(rec.completion_tokens, 4);
-    equal(rec.prompt_tokens, 3);
-    equal(rec.finish_reason, "error");
+    for (
+      let i = 0;
+      i < 400 &&
+      (await metric(t.sidecar, "sidecar_tokens_processed_total")) < 30;
+      i++
+    ) {
+      await new Promise((r) => setTimeout(r, 25));
+    }
+    await t.sim.kill();
+
+    const results = await Promise.all(streams);
+    ok(results.every((r) => r.error?.code === 14));
+    const billed = await t.billing.waitFor((u) => u.length === 10);
+    for (const [i, id] of ids.entries()) {
+      const rec = billed.find((r) => r.request_id === id)!;
+      equal(rec.completion_tokens, results[i].tokenIds.length, id);
+      equal(rec.prompt_tokens, 3, id);
+      equal(rec.finish_reason, "error");
+    }
+    ok(sum(billed.map((r) => r.completion_tokens)) >= 30);
+  } finally {
+    await t.close();
+  }
+});
+
+Deno.test("gateway processes killed mid-stream are billed for exactly the tokens they printed", async () => {
+  const t = await bed();
+  try {
+    // Tokens come 1.5 s apart; each client is killed right after printing
+    // its second, so nothing is in transit when it vanishes.
+    const clients = [0, 1, 2, 3].map((i) =>
+      new Proc(DENO, [
+        "run",
+        "-A",
+        "tools/generate.ts",
+        ...[
+          "--addr",
+          t.sidecar.grpcAddr,
+          "--json",
+          "--request-id",
+          `gone-${i}`,
+          "--max-tokens",
+          "0",
+        ],
+        ...["--prompt", "bye now [[sim tokens=20 ttft_ms=1 itl_ms=1500]]"],
+      ])
+    );
+    const chunkLines = (c: Proc) =>
+      c.lines.filter((l) => l.includes('"kind":"chunk"'));
+    await Promise.all(clients.map(async (c) => {
+      for (let i = 0; i < 1000 && chunkLines(c).length < 2; i++) {
+        await new Promise((r) => setTimeout(r, 10));
+      }
+      await c.kill();
+    }));
+    const printed = clients.map((c) =>
+      sum(chunkLines(c).map((l) => JSON.parse(l).chunk.token_ids.length))
+    );
+    ok(printed.every((n) => n === 2), `printed ${printed}`);
+
+    const billed = await t.billing.waitFor((u) => u.length === 4);
+    for (let i = 0; i < 4; i++) {
+      const rec = billed.find((r) => r.request_id === `gone-${i}`)!;
+      equal(rec.completion_tokens, printed[i]);
+      equal(rec.finish_reason, "cancelled");
+      equal(rec.prompt_tokens, 2);
+    }
   } finally {
     await t.close();
   }
