@@ -7,6 +7,7 @@
  */
 
 import { ConfigError, loadConfig } from "./src/config/mod.ts";
+import { exitUnlessPermitted } from "./src/lifecycle/sandbox_check.ts";
 import { waitForShutdownSignal } from "./src/lifecycle/signals.ts";
 import { createLogger } from "./src/log/logger.ts";
 import { UsageQueue } from "./src/metering/queue.ts";
@@ -81,6 +82,7 @@ async function main(): Promise<void> {
     console.error(err.message);
     Deno.exit(1);
   }
+  exitUnlessPermitted(config, flags.config);
   if (flags.checkConfig) {
     console.log(`${flags.config ?? "(embedded defaults)"}: ok`);
     return;

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs the project's pinned toolchain into .tools/ (nothing global):
 #   - Deno, from the npm registry (the deno package ships the real binary);
-#   - a Python virtualenv with the test-only packages (pytest, grpcio).
+#   - a Python virtualenv with the test-only packages (pytest, grpcio) and
+#     the packaging checks (hadolint, kubernetes-validate with its schemas),
+#     pinned in python/requirements-dev.txt.
 # Safe to run again: each step is skipped when already done.
 # Source it to get $DENO and $PY:  . scripts/bootstrap.sh
 set -euo pipefail

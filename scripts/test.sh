@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Every check and test of the project: formatting, lint, types, the Deno
-# unit and end-to-end suites, the Python worker package's suite, and a
-# Python gRPC gateway (grpcio) against the real sidecar.
+# Every check and test of the project: formatting, lint, types, the
+# Dockerfile and the Kubernetes manifests, the Deno unit and end-to-end
+# suites, the Python worker package's suite, and a Python gRPC gateway
+# (grpcio) against the real sidecar.
 # Installs what it needs first (scripts/bootstrap.sh).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -17,6 +18,22 @@ step "deno lint"
 
 step "deno check"
 "$DENO" check main.ts src tests tools scripts
+
+# The image and the manifests cannot be built or applied here (no Docker
+# engine, no cluster): lint the Dockerfile and validate every manifest
+# against the Kubernetes schemas, strictly (unknown fields are errors), for
+# the oldest version the manifests support (1.30: the preStop sleep
+# handler) and the newest the validator knows. tests/deploy/ checks that
+# both agree with the sidecar's configuration.
+VENV_BIN=$(dirname "$PY")
+
+step "hadolint Dockerfile.distroless"
+"$VENV_BIN/hadolint" Dockerfile.distroless
+
+step "kubernetes-validate --strict k8s/"
+for k8s_version in 1.30.0 1.37.0; do
+  "$VENV_BIN/kubernetes-validate" --strict --quiet -k "$k8s_version" k8s/*.yaml
+done
 
 step "deno test (unit and end-to-end)"
 # Tests start real processes and servers of their own, hence -A for the

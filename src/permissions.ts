@@ -4,6 +4,9 @@
  * takes its flags from here, derived from the configuration it will run
  * with: network only for its own listeners and the billing endpoint, file
  * access only for the worker socket, the usage queue and its config file.
+ * The start-up check (`src/lifecycle/sandbox_check.ts`) reads the same
+ * requirements to tell a configuration that needs more than the process
+ * was given.
  *
  * @module
  */
@@ -27,6 +30,27 @@ export const ENV_VARS: readonly string[] = [
   "GRPC_SSL_CIPHER_SUITES",
 ];
 
+/**
+ * V8 flags the sidecar runs with. Tunable: the old-generation cap bounds
+ * the heap so that the process stays inside the container's 128Mi memory
+ * limit under load, at some cost in throughput (more frequent major GCs).
+ * 64 MB is provisional; the memory benchmark settles the final figures,
+ * and they are changed here and nowhere else.
+ */
+export const V8_FLAGS: readonly string[] = ["--max-old-space-size=64"];
+
+/** A kind of Deno permission the sidecar is given. */
+export type PermissionName = "net" | "read" | "write" | "env" | "sys";
+
+/** One permission the sidecar needs, and the setting it follows from. */
+export interface Requirement {
+  name: PermissionName;
+  /** `host[:port]`, an absolute path, a variable name or a `sys` API. */
+  target: string;
+  /** The configuration key (or library) that needs it, for messages. */
+  reason: string;
+}
+
 /** The permission set for one configuration. */
 export interface PermissionSet {
   /** `host:port` entries (host only where the port is chosen at bind time). */
@@ -42,9 +66,58 @@ function listen(host: string, port: number): string {
   return port === 0 ? h : `${h}:${port}`;
 }
 
-function dirOf(path: string): string {
+/** The folder of an absolute path (`/` for a file at the root). */
+export function dirOf(path: string): string {
   const i = path.lastIndexOf("/");
   return i <= 0 ? "/" : path.slice(0, i);
+}
+
+/**
+ * Every permission a configuration needs, each with the key it follows
+ * from. `configPath`, when given, adds read access to the config file.
+ */
+export function requirements(
+  config: Config,
+  configPath?: string,
+): Requirement[] {
+  const out: Requirement[] = [];
+  const need = (name: PermissionName, target: string, reason: string) =>
+    out.push({ name, target, reason });
+
+  need(
+    "net",
+    listen(config.server.bindHost, config.server.bindPort),
+    "server.bind_addr",
+  );
+  need(
+    "net",
+    listen(config.observability.metricsHost, config.observability.metricsPort),
+    "observability.metrics_host and metrics_port",
+  );
+  if (config.metering.billingEndpoint) {
+    const url = new URL(config.metering.billingEndpoint);
+    const port = url.port || (url.protocol === "https:" ? "443" : "80");
+    need(
+      "net",
+      listen(url.hostname, Number(port)),
+      "metering.billing_endpoint",
+    );
+  }
+
+  // Connecting to a Unix socket needs both read and write on its path.
+  const socket = config.server.workerSocketPath;
+  need("read", socket, "server.worker_uds");
+  need("write", socket, "server.worker_uds");
+
+  // Deno KV keeps -wal and -shm files beside the database.
+  const usageDir = dirOf(config.metering.usageDbPath);
+  need("read", usageDir, "metering.usage_db_path");
+  need("write", usageDir, "metering.usage_db_path");
+
+  if (configPath) need("read", configPath, "the config file");
+  for (const v of ENV_VARS) need("env", v, "grpc-js");
+  need("sys", "hostname", "metering.instance_id (the host name when unset)");
+  return out;
 }
 
 /** Derives the permission set from a configuration and its file's path. */
@@ -52,29 +125,11 @@ export function permissionSet(
   config: Config,
   configPath?: string,
 ): PermissionSet {
-  const net = [
-    listen(config.server.bindHost, config.server.bindPort),
-    listen(config.observability.metricsHost, config.observability.metricsPort),
-  ];
-  if (config.metering.billingEndpoint) {
-    const url = new URL(config.metering.billingEndpoint);
-    const port = url.port || (url.protocol === "https:" ? "443" : "80");
-    net.push(`${url.hostname}:${port}`);
+  const set: PermissionSet = { net: [], read: [], write: [], env: [], sys: [] };
+  for (const r of requirements(config, configPath)) {
+    if (!set[r.name].includes(r.target)) set[r.name].push(r.target);
   }
-
-  const socket = config.server.workerSocketPath;
-  // Deno KV keeps -wal and -shm files beside the database.
-  const usageDir = dirOf(config.metering.usageDbPath);
-  const read = [socket, usageDir];
-  if (configPath) read.push(configPath);
-
-  return {
-    net: [...new Set(net)],
-    read,
-    write: [socket, usageDir],
-    env: [...ENV_VARS],
-    sys: ["hostname"],
-  };
+  return set;
 }
 
 /** The `deno run` / `deno compile` flags for a permission set. */
@@ -83,6 +138,7 @@ export function denoFlags(set: PermissionSet): string[] {
     "--no-prompt",
     // The usage queue is a Deno KV database.
     "--unstable-kv",
+    `--v8-flags=${V8_FLAGS.join(",")}`,
     `--allow-net=${set.net.join(",")}`,
     `--allow-read=${set.read.join(",")}`,
     `--allow-write=${set.write.join(",")}`,
