@@ -16,6 +16,13 @@ import { validateRequest } from "./validate.ts";
 
 type Call = grpc.ServerWritableStream<GenerateRequestPb, GenerateEventPb>;
 
+// A client whose deadline passes cancels the call itself, and its cancel
+// can arrive before the sidecar's own deadline timer fires: the sidecar
+// counts the deadline from when the request arrived, later than the client
+// did. A cancel this close to the deadline is taken as the deadline; the
+// cost is that a real cancel in that window is reported as one too.
+const DEADLINE_SLACK_MS = 250;
+
 /** Builds the Generate handler. */
 export function generateHandler(
   deps: GenerationDeps,
@@ -57,9 +64,10 @@ export function generateHandler(
       if (!open) return;
       open = false;
       const deadline = call.getDeadline();
+      const limit = Date.now() + DEADLINE_SLACK_MS;
       const expired = deadline instanceof Date
-        ? deadline.getTime() <= Date.now() + 5
-        : Number.isFinite(deadline) && deadline <= Date.now() + 5;
+        ? deadline.getTime() <= limit
+        : Number.isFinite(deadline) && deadline <= limit;
       gen.cancel(expired ? "deadline_exceeded" : "client_cancelled");
     });
     call.on("error", (err) => {

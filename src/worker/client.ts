@@ -748,17 +748,23 @@ export class WorkerClient {
       this.#pingTimer = null;
       const conn = this.#conn;
       if (!conn) return;
-      const seq = ++this.#pingSeq;
-      conn.send({ type: "ping", seq });
-      this.#pongTimer = this.#clock.setTimeout(() => {
-        this.#pongTimer = null;
-        conn.close(
-          new WorkerConnectionError(
-            "heartbeat",
-            `worker did not answer ping ${seq} within ${this.#o.heartbeatTimeoutMs} ms`,
-          ),
-        );
-      }, this.#o.heartbeatTimeoutMs);
+      // While a ping is unanswered its own timer decides. A second ping
+      // would replace that timer without clearing it, and the orphaned
+      // timer would close the connection even after its pong arrived (when
+      // heartbeat_timeout_secs exceeds check_interval_secs).
+      if (this.#pongTimer === null) {
+        const seq = ++this.#pingSeq;
+        conn.send({ type: "ping", seq });
+        this.#pongTimer = this.#clock.setTimeout(() => {
+          this.#pongTimer = null;
+          conn.close(
+            new WorkerConnectionError(
+              "heartbeat",
+              `worker did not answer ping ${seq} within ${this.#o.heartbeatTimeoutMs} ms`,
+            ),
+          );
+        }, this.#o.heartbeatTimeoutMs);
+      }
       this.#schedulePing();
     }, this.#o.checkIntervalMs);
   }

@@ -341,6 +341,34 @@ Deno.test("a missed pong marks the worker hung and fails what it was running", a
   }
 });
 
+Deno.test("a pong later than the ping interval but within the heartbeat timeout keeps the worker", async () => {
+  const clock = new FakeClock();
+  const { worker, client, peer } = await setup({
+    clock,
+    checkIntervalMs: 1000,
+    heartbeatTimeoutMs: 3000,
+  });
+  try {
+    await peer.handshake();
+    await ready(client);
+
+    clock.advance(1000);
+    const ping = await peer.expect("ping");
+    // A whole ping interval passes before the pong, well within the timeout.
+    clock.advance(1500);
+    await peer.send({ type: "pong", seq: ping.seq });
+    await new Promise((r) => setTimeout(r, 50));
+    clock.advance(3000);
+
+    equal(client.state.state, "ready");
+    ok(!peer.closed);
+    await peer.expect("ping");
+  } finally {
+    client.stop();
+    worker.close();
+  }
+});
+
 Deno.test("during a reload new generations are held, told the ETA, and resumed", async () => {
   const { worker, client, peer } = await setup();
   try {

@@ -7,8 +7,11 @@
 // deno-lint-ignore-file no-explicit-any -- grpc-js clients are untyped stubs
 import * as grpc from "@grpc/grpc-js";
 import { parseConfig } from "../../src/config/mod.ts";
-import { SidecarClient } from "../../src/gateway/proto.ts";
-import type { GenerateEventPb } from "../../src/gateway/types.ts";
+import { HealthClient, SidecarClient } from "../../src/gateway/proto.ts";
+import type {
+  GenerateEventPb,
+  WorkerStatusPb,
+} from "../../src/gateway/types.ts";
 import { denoFlags, permissionSet } from "../../src/permissions.ts";
 
 const ROOT = new URL("../../", import.meta.url).pathname;
@@ -351,4 +354,83 @@ export function req(
     sampling: { max_tokens: 8 },
     ...extra,
   };
+}
+
+/**
+ * Polls `condition` until it holds; fails with `what` after `timeoutMs`.
+ * Conditions are polled rather than slept for, so that a loaded machine
+ * only makes a test slower, never wrong.
+ */
+export async function waitUntil(
+  what: string,
+  condition: () => boolean | Promise<boolean>,
+  timeoutMs = 15_000,
+): Promise<void> {
+  const until = Date.now() + timeoutMs;
+  for (;;) {
+    if (await condition()) return;
+    if (Date.now() > until) {
+      throw new Error(`timed out after ${timeoutMs} ms waiting until ${what}`);
+    }
+    await new Promise((r) => setTimeout(r, 25));
+  }
+}
+
+/** Resolves with `promise`, or fails naming `what` after `timeoutMs`. */
+export async function within<T>(
+  what: string,
+  promise: Promise<T>,
+  timeoutMs = 15_000,
+): Promise<T> {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const expired = new Promise<never>((_, reject) => {
+    timer = setTimeout(
+      () => reject(new Error(`${what}: nothing within ${timeoutMs} ms`)),
+      timeoutMs,
+    );
+  });
+  try {
+    return await Promise.race([promise, expired]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+/** Calls `Sidecar.GetStatus`. */
+export function getStatus(
+  client: grpc.Client & Record<string, any>,
+): Promise<WorkerStatusPb> {
+  return new Promise((resolve, reject) => {
+    client.GetStatus(
+      {},
+      (err: grpc.ServiceError | null, status: WorkerStatusPb) =>
+        err ? reject(err) : resolve(status),
+    );
+  });
+}
+
+/** Waits until the sidecar reports no generation in flight to the worker. */
+export async function waitIdle(
+  client: grpc.Client & Record<string, any>,
+  timeoutMs = 15_000,
+): Promise<void> {
+  let last = -1;
+  try {
+    await waitUntil(
+      "the sidecar has no generation in flight",
+      async () => (last = (await getStatus(client)).in_flight) === 0,
+      timeoutMs,
+    );
+  } catch (err) {
+    throw new Error(`${(err as Error).message} (in_flight: ${last})`);
+  }
+}
+
+/** A `grpc.health.v1.Health` client for the sidecar at `addr`. */
+export function healthClient(
+  addr: string,
+): grpc.Client & Record<string, any> {
+  return new HealthClient(addr, grpc.credentials.createInsecure()) as
+    & grpc.Client
+    & Record<string, any>;
 }

@@ -1,0 +1,269 @@
+// deno-lint-ignore-file no-explicit-any -- grpc-js calls are untyped stubs
+import { equal, ok } from "node:assert/strict";
+import * as grpc from "@grpc/grpc-js";
+import {
+  gateway,
+  generate,
+  metric,
+  Proc,
+  req,
+  startSidecar,
+  startSim,
+  tempDir,
+  waitIdle,
+  within,
+} from "../helpers/harness.ts";
+import { RawGatewayConnection } from "../helpers/raw_gateway.ts";
+import { SessionDriver } from "../helpers/session.ts";
+
+// Long enough that only a cancellation ends it: 100000 tokens, 10 ms apart.
+const ENDLESS = "tell me everything [[sim tokens=100000 itl_ms=10]]";
+
+/** A request that streams until something stops it. */
+function endless(id: string, extra: Record<string, unknown> = {}) {
+  return req(id, ENDLESS, { sampling: { max_tokens: 0 }, ...extra });
+}
+
+/** A simulator (logging every generation's end) and a sidecar in front of it. */
+async function setup() {
+  const dir = await tempDir();
+  const sock = `${dir}/w.sock`;
+  const sim = await startSim(sock, ["--ttft-ms", "5", "--log-level", "debug"]);
+  const sidecar = await startSidecar(dir, sock);
+  const client = gateway(sidecar.grpcAddr);
+  return {
+    sim,
+    sidecar,
+    client,
+    /** Waits until the simulator logs that `id` ended as cancelled. */
+    workerCancelled: (id: string) =>
+      sim.waitFor(
+        new RegExp(`generation ended id=${id} outcome=cancelled$`),
+        15_000,
+      ),
+    /** The sidecar's own account of how `id` ended. */
+    sidecarEnd: async (id: string) =>
+      JSON.parse(
+        await sidecar.proc.waitFor(
+          new RegExp(`"msg":"generation ended".*"request_id":"${id}"`),
+          15_000,
+        ),
+      ),
+    async close() {
+      client.close();
+      await sidecar.proc.kill();
+      await sim.kill();
+    },
+  };
+}
+
+/** Starts Generate and resolves with the call once its first chunk is in. */
+async function streaming(
+  client: grpc.Client & Record<string, any>,
+  request: Record<string, unknown>,
+  options: grpc.CallOptions = {},
+) {
+  const call = client.Generate(request, options);
+  const errors: grpc.ServiceError[] = [];
+  call.on("error", (e: grpc.ServiceError) => errors.push(e));
+  await within(
+    "first chunk",
+    new Promise<void>((resolve) => call.once("data", () => resolve())),
+  );
+  return { call, errors };
+}
+
+Deno.test("cancelling a Generate call cancels its generation on the worker and frees the slot", async () => {
+  const t = await setup();
+  try {
+    const { call, errors } = await streaming(
+      t.client,
+      endless("cancel-1"),
+    );
+    call.cancel();
+
+    await t.workerCancelled("cancel-1");
+    await waitIdle(t.client);
+    equal(errors[0]?.code, grpc.status.CANCELLED);
+    equal((await t.sidecarEnd("cancel-1")).finish_reason, "cancelled");
+    equal(
+      await metric(t.sidecar, "sidecar_requests_total", {
+        rpc: "Generate",
+        code: "CANCELLED",
+      }),
+      1,
+    );
+    equal(await metric(t.sidecar, "sidecar_generations_in_flight"), 0);
+  } finally {
+    await t.close();
+  }
+});
+
+Deno.test("a gateway connection dropped mid-stream cancels its generation on the worker", async () => {
+  const t = await setup();
+  const raw = new RawGatewayConnection(t.sidecar.grpcAddr);
+  try {
+    await within(
+      "first chunk on the raw connection",
+      raw.startCall("Generate", "GenerateRequest", [endless("drop-1")])
+        .firstData,
+    );
+    raw.destroy();
+
+    await t.workerCancelled("drop-1");
+    await waitIdle(t.client);
+    equal((await t.sidecarEnd("drop-1")).finish_reason, "cancelled");
+  } finally {
+    raw.destroy();
+    await t.close();
+  }
+});
+
+Deno.test("a gateway process killed mid-stream has its generation cancelled on the worker", async () => {
+  const t = await setup();
+  const gatewayProc = new Proc(Deno.execPath(), [
+    "run",
+    "-A",
+    "tools/generate.ts",
+    "--addr",
+    t.sidecar.grpcAddr,
+    "--request-id",
+    "killed-1",
+    "--prompt",
+    ENDLESS,
+    "--max-tokens",
+    "0",
+    "--json",
+  ]);
+  try {
+    await gatewayProc.waitFor(/"request_id":"killed-1".*"chunk"/, 30_000);
+    await gatewayProc.kill();
+
+    await t.workerCancelled("killed-1");
+    await waitIdle(t.client);
+    equal((await t.sidecarEnd("killed-1")).finish_reason, "cancelled");
+  } finally {
+    await gatewayProc.kill();
+    await t.close();
+  }
+});
+
+Deno.test("a Session whose gateway connection drops has every generation cancelled", async () => {
+  const t = await setup();
+  const raw = new RawGatewayConnection(t.sidecar.grpcAddr);
+  const ids = ["sdrop-1", "sdrop-2", "sdrop-3"];
+  try {
+    await within(
+      "first chunk on the raw session",
+      raw.startCall(
+        "Session",
+        "SessionRequest",
+        ids.map((id) => ({ generate: endless(id) })),
+      ).firstData,
+    );
+    // Every generation has reached the worker before the connection goes.
+    for (const id of ids) {
+      await t.sim.waitFor(new RegExp(`generation started id=${id} `));
+    }
+    raw.destroy();
+
+    for (const id of ids) await t.workerCancelled(id);
+    await waitIdle(t.client);
+  } finally {
+    raw.destroy();
+    await t.close();
+  }
+});
+
+Deno.test("a gRPC deadline shorter than the generation ends it with DEADLINE_EXCEEDED and cancels it on the worker", async () => {
+  const t = await setup();
+  try {
+    const out = await within(
+      "the deadline",
+      generate(t.client, endless("deadline-1"), {
+        deadline: Date.now() + 1500,
+      }),
+    );
+
+    equal(out.error?.code, grpc.status.DEADLINE_EXCEEDED);
+    ok(out.tokenIds.length > 0, "tokens flowed before the deadline");
+    await t.workerCancelled("deadline-1");
+    await waitIdle(t.client);
+  } finally {
+    await t.close();
+  }
+});
+
+Deno.test("the sidecar enforces a grpc-timeout on its own: DEADLINE_EXCEEDED status, worker cancelled", async () => {
+  const t = await setup();
+  // No client-side deadline here: only the sidecar's timer can end the call.
+  const raw = new RawGatewayConnection(t.sidecar.grpcAddr);
+  try {
+    const call = raw.startCall(
+      "Generate",
+      "GenerateRequest",
+      [endless("deadline-2")],
+      { "grpc-timeout": "1500m" },
+    );
+    await within("first chunk", call.firstData);
+
+    equal(
+      (await t.sidecarEnd("deadline-2")).finish_reason,
+      "deadline_exceeded",
+    );
+    await t.workerCancelled("deadline-2");
+    await waitIdle(t.client);
+    const status = await within("the status", call.status).catch((err) => {
+      const tail = t.sidecar.proc.lines.slice(-15).join("\n");
+      throw new Error(`${err.message}; sidecar log ends with:\n${tail}`);
+    });
+    equal(status.code, grpc.status.DEADLINE_EXCEEDED);
+    equal(
+      await metric(t.sidecar, "sidecar_requests_total", {
+        rpc: "Generate",
+        code: "DEADLINE_EXCEEDED",
+      }),
+      1,
+    );
+  } finally {
+    raw.destroy();
+    await t.close();
+  }
+});
+
+Deno.test("a Session generation past its timeout_ms ends with a DEADLINE_EXCEEDED error event and is cancelled on the worker", async () => {
+  const t = await setup();
+  const session = new SessionDriver(t.client);
+  try {
+    session.generate(endless("timeout-1", { timeout_ms: 1500 }));
+    session.generate(req("timeout-ok", "a short one", { timeout_ms: 60_000 }));
+    const timedOut = await within(
+      "timeout-1 ends",
+      session.finished("timeout-1"),
+    );
+    const fine = await within(
+      "timeout-ok ends",
+      session.finished("timeout-ok"),
+    );
+
+    equal(timedOut.last.kind, "error");
+    ok("error" in timedOut.last);
+    equal(timedOut.last.error.code, grpc.status.DEADLINE_EXCEEDED);
+    ok(timedOut.tokenIds.length > 0, "tokens flowed before the timeout");
+    equal(
+      timedOut.last.error.usage.completion_tokens,
+      timedOut.tokenIds.length,
+    );
+    equal(fine.last.kind, "done");
+    equal(fine.tokenIds.length, 8);
+    await t.workerCancelled("timeout-1");
+    await waitIdle(t.client);
+
+    session.end();
+    await within("session end", session.closed());
+    equal(session.status?.code, grpc.status.OK);
+  } finally {
+    session.call.cancel();
+    await t.close();
+  }
+});

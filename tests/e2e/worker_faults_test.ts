@@ -1,0 +1,256 @@
+import { equal, match, ok } from "node:assert/strict";
+import * as grpc from "@grpc/grpc-js";
+import {
+  type Collected,
+  gateway,
+  generate,
+  metric,
+  req,
+  type SidecarProc,
+  startSidecar,
+  startSim,
+  tempDir,
+  waitIdle,
+  waitReady,
+  within,
+} from "../helpers/harness.ts";
+
+const SIM_ARGS = ["--ttft-ms", "5", "--itl-ms", "2", "--log-level", "debug"];
+
+// Faults here are the worker's; a pong slowed by a busy machine must not
+// add a heartbeat failure to the connection errors the tests count.
+const PATIENT_HEARTBEAT = "[health]\nheartbeat_timeout_secs = 5\n";
+
+/** A simulator and a sidecar; `toml` is merged into the sidecar's config. */
+async function setup(toml = "") {
+  const dir = await tempDir();
+  const sock = `${dir}/w.sock`;
+  const t = {
+    sim: await startSim(sock, SIM_ARGS),
+    sidecar: await startSidecar(dir, sock, PATIENT_HEARTBEAT + toml),
+    sock,
+    client: null as unknown as ReturnType<typeof gateway>,
+    /** Generates with a sim directive in the prompt. */
+    run: (id: string, directive: string) =>
+      within(
+        id,
+        generate(t.client, req(id, `tell me a story [[sim ${directive}]]`)),
+      ),
+    /** The sidecar is (again) connected and streams a whole generation. */
+    async servesNext(id: string) {
+      await waitReady(t.sidecar, 15_000);
+      const out = await within(id, generate(t.client, req(id)));
+      equal(out.error, null, `${id}: ${out.error?.message}`);
+      equal(out.tokenIds.length, 8);
+      await waitIdle(t.client);
+    },
+    async close() {
+      t.client.close();
+      await t.sidecar.proc.kill();
+      await t.sim.kill();
+    },
+  };
+  t.client = gateway(t.sidecar.grpcAddr);
+  return t;
+}
+
+/**
+ * Asserts a failed Generate: its status, and that the sidecar delivered
+ * `delivered` tokens before the failure. The count is the sidecar's own
+ * (its log): grpc-js may drop messages a reader had not yet pulled when a
+ * non-OK status arrives, so the client can have seen fewer.
+ */
+async function assertFailed(
+  t: { sidecar: SidecarProc },
+  out: Collected,
+  id: string,
+  code: grpc.status,
+  delivered: number,
+): Promise<void> {
+  equal(out.error?.code, code, out.error?.message);
+  ok(out.events.every((e) => e.kind === "chunk"), "no done after a failure");
+  ok(out.tokenIds.length <= delivered, `received ${out.tokenIds.length}`);
+  const line = await t.sidecar.proc.waitFor(
+    new RegExp(`"msg":"generation ended".*"request_id":"${id}"`),
+  );
+  equal(JSON.parse(line).completion_tokens, delivered);
+}
+
+for (
+  const [fault, expectMessage] of [
+    ["malformed", /^worker protocol error: /],
+    ["oversized", /^worker protocol error: .*frame/],
+    [
+      "unknown_id",
+      /^worker protocol error: .*"sim-unknown-[0-9a-f]+".*not in flight/,
+    ],
+  ] as const
+) {
+  Deno.test(`a worker that sends a frame with fault ${fault} fails the generation with INTERNAL; the sidecar reconnects`, async () => {
+    const t = await setup();
+    try {
+      const out = await t.run(`${fault}-1`, `fault=${fault} after=2`);
+
+      await assertFailed(t, out, `${fault}-1`, grpc.status.INTERNAL, 2);
+      match(out.error!.details, expectMessage);
+      equal(
+        await metric(t.sidecar, "sidecar_worker_connection_errors_total", {
+          kind: "protocol",
+        }),
+        1,
+      );
+      await t.servesNext(`${fault}-after`);
+    } finally {
+      await t.close();
+    }
+  });
+}
+
+Deno.test("a worker that sends chunks without credit to a slow reader has that generation failed with INTERNAL", async () => {
+  const t = await setup();
+  try {
+    const call = t.client.Generate(
+      req(
+        "nocredit-1",
+        "tell me a story [[sim tokens=1000000 itl_ms=0 fault=no_credit]]",
+        { sampling: { max_tokens: 0 } },
+      ),
+    );
+    const out: Collected = {
+      events: [],
+      status: null,
+      error: null,
+      text: "",
+      tokenIds: [],
+    };
+    const ended = new Promise<void>((resolve) => {
+      call.on("error", (e: grpc.ServiceError) => {
+        out.error = e;
+        resolve();
+      });
+      call.on("end", () => resolve());
+    });
+    // The gateway stops reading: the sidecar stops granting credit, and
+    // the worker, ignoring credit, runs past it.
+    await within(
+      "first chunk",
+      new Promise<void>((resolve) => call.once("data", () => resolve())),
+    );
+    call.pause();
+    await t.sim.waitFor(
+      /generation ended id=nocredit-1 outcome=cancelled$/,
+      30_000,
+    );
+    call.on("data", () => {});
+    call.resume();
+    await within("the failure", ended);
+
+    equal(out.error?.code, grpc.status.INTERNAL);
+    match(out.error!.details, /without flow-control credit/);
+    // A fault of one generation, not of the connection.
+    equal(await metric(t.sidecar, "sidecar_worker_connection_errors_total"), 0);
+    await waitIdle(t.client);
+    await t.servesNext("nocredit-after");
+  } finally {
+    await t.close();
+  }
+});
+
+Deno.test("a worker that overstates usage: done bills the delivered tokens and the mismatch is counted", async () => {
+  const t = await setup();
+  try {
+    const out = await t.run("lie-1", "fault=lie_usage");
+
+    equal(out.error, null);
+    equal(out.tokenIds.length, 8);
+    const done = out.events.at(-1)!;
+    ok("done" in done);
+    equal(done.done.usage.completion_tokens, 8);
+    equal(
+      await metric(t.sidecar, "sidecar_usage_mismatch_total", {
+        model_id: "sim-1",
+      }),
+      1,
+    );
+    const warning = JSON.parse(
+      await t.sidecar.proc.waitFor(/"level":"warn".*"request_id":"lie-1"/),
+    );
+    equal(warning.worker_completion_tokens, 13);
+    equal(warning.delivered_completion_tokens, 8);
+  } finally {
+    await t.close();
+  }
+});
+
+Deno.test("a worker's error frame maps to the gRPC status of its code, with the worker's message unchanged", async (ctx) => {
+  const t = await setup();
+  try {
+    const table = [
+      ["invalid_argument", grpc.status.INVALID_ARGUMENT],
+      ["model_mismatch", grpc.status.FAILED_PRECONDITION],
+      ["overloaded", grpc.status.RESOURCE_EXHAUSTED],
+      ["unavailable", grpc.status.UNAVAILABLE],
+      ["deadline_exceeded", grpc.status.DEADLINE_EXCEEDED],
+      ["internal", grpc.status.INTERNAL],
+      ["something_new", grpc.status.INTERNAL],
+    ] as const;
+    for (const [code, status] of table) {
+      await ctx.step(`${code} gives ${grpc.status[status]}`, async () => {
+        const id = `err-${code}`;
+        const out = await t.run(id, `fault=error code=${code} after=3`);
+        await assertFailed(t, out, id, status, 3);
+        equal(out.error!.details, `sim fault: injected error for ${id}`);
+      });
+    }
+    // Per-generation errors leave the connection alone.
+    equal(await metric(t.sidecar, "sidecar_worker_connection_errors_total"), 0);
+    await t.servesNext("err-after");
+  } finally {
+    await t.close();
+  }
+});
+
+Deno.test("a worker that exits mid-stream fails the stream with UNAVAILABLE and a retry pushback; a restarted worker is used", async () => {
+  const t = await setup();
+  try {
+    const out = await t.run("exit-1", "fault=exit after=3 itl_ms=5");
+
+    await assertFailed(t, out, "exit-1", grpc.status.UNAVAILABLE, 3);
+    const pushback = out.error!.metadata.get("grpc-retry-pushback-ms")[0];
+    ok(Number(pushback) > 0, `pushback trailer: ${pushback}`);
+    equal((await t.sim.exited).code, 3);
+    // A closed socket reads as end-of-file, or as a reset when the worker
+    // left frames unread.
+    const lost =
+      await metric(t.sidecar, "sidecar_worker_connection_errors_total", {
+        kind: "eof",
+      }) +
+      await metric(t.sidecar, "sidecar_worker_connection_errors_total", {
+        kind: "io",
+      });
+    equal(lost, 1);
+
+    t.sim = await startSim(t.sock, SIM_ARGS);
+    await t.servesNext("exit-after");
+  } finally {
+    await t.close();
+  }
+});
+
+Deno.test("a generation the worker stops feeding fails with UNAVAILABLE after request_idle_timeout_secs and is cancelled", async () => {
+  const t = await setup("[worker]\nrequest_idle_timeout_secs = 1\n");
+  try {
+    const out = await t.run("hang-1", "fault=hang after=2");
+
+    await assertFailed(t, out, "hang-1", grpc.status.UNAVAILABLE, 2);
+    match(out.error!.details, /sent nothing for request "hang-1"/);
+    ok(out.error!.metadata.get("grpc-retry-pushback-ms").length === 1);
+    await t.sim.waitFor(/generation ended id=hang-1 outcome=cancelled$/);
+    await waitIdle(t.client);
+    // The worker still answers pings: the connection itself is fine.
+    equal(await metric(t.sidecar, "sidecar_worker_connection_errors_total"), 0);
+    await t.servesNext("hang-after");
+  } finally {
+    await t.close();
+  }
+});
