@@ -10,7 +10,11 @@ import type * as grpc from "@grpc/grpc-js";
 import type { SidecarError } from "../errors.ts";
 import { statusFor } from "./status_map.ts";
 import { FlowGate } from "./flow_gate.ts";
-import { Generation, type GenerationDeps } from "./generation.ts";
+import {
+  countRejected,
+  Generation,
+  type GenerationDeps,
+} from "./generation.ts";
 import type { GenerateEventPb, GenerateRequestPb } from "./types.ts";
 import { validateRequest } from "./validate.ts";
 
@@ -30,6 +34,7 @@ export function generateHandler(
   return (call: Call) => {
     const checked = validateRequest(call.request);
     if (!checked.ok) {
+      countRejected(deps, "Generate", checked.error);
       endWithError(call, checked.error, deps);
       return;
     }

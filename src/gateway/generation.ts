@@ -387,6 +387,21 @@ export class Generation implements GenerationSink {
   }
 }
 
+/**
+ * Counts a request refused before it became a generation (invalid, or a
+ * duplicate id on a session) in `sidecar_requests_total`.
+ */
+export function countRejected(
+  deps: GenerationDeps,
+  rpc: "Generate" | "Session",
+  error: SidecarError,
+): void {
+  deps.metrics.requests.inc({
+    rpc,
+    code: CODE_NAMES[error.grpcCode] ?? String(error.grpcCode),
+  });
+}
+
 /** gRPC status code names, for the `code` label. */
 export const CODE_NAMES: Record<number, string> = Object.fromEntries(
   Object.entries(GrpcCode).map(([name, code]) => [code, name]),

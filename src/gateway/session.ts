@@ -11,7 +11,11 @@
 import type * as grpc from "@grpc/grpc-js";
 import { GrpcCode, SidecarError } from "../errors.ts";
 import { FlowGate } from "./flow_gate.ts";
-import { Generation, type GenerationDeps } from "./generation.ts";
+import {
+  countRejected,
+  Generation,
+  type GenerationDeps,
+} from "./generation.ts";
 import type { GenerateEventPb, SessionRequestPb } from "./types.ts";
 import { validateRequest } from "./validate.ts";
 
@@ -37,6 +41,7 @@ export function sessionHandler(
       }
     };
     const reject = (requestId: string, error: SidecarError) => {
+      countRejected(deps, "Session", error);
       write({
         request_id: requestId,
         error: {

@@ -3,6 +3,7 @@ import * as grpc from "@grpc/grpc-js";
 import {
   gateway,
   generate,
+  metric,
   req,
   startSidecar,
   startSim,
@@ -159,6 +160,14 @@ Deno.test("Generate refuses each invalid request with INVALID_ARGUMENT naming th
     equal(good.error, null);
     await s.sim.waitFor(/generation started id=good-1 /);
     ok(!s.sim.lines.some((l) => /generation started id=bad-/.test(l)));
+    // Refused requests are counted, under their status code.
+    equal(
+      await metric(s.sidecar, "sidecar_requests_total", {
+        rpc: "Generate",
+        code: "INVALID_ARGUMENT",
+      }),
+      CASES.length,
+    );
   } finally {
     await s.close();
   }
