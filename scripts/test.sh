@@ -17,7 +17,7 @@ step "deno lint"
 "$DENO" lint
 
 step "deno check"
-"$DENO" check main.ts src tests tools scripts
+"$DENO" check main.ts src tests tools scripts bench
 
 # The image and the manifests cannot be built or applied here (no Docker
 # engine, no cluster): lint the Dockerfile and validate every manifest
@@ -46,3 +46,17 @@ step "pytest (python worker package)"
 step "pytest (grpcio gateway against the real sidecar)"
 # A separate directory: it needs grpcio, the worker package does not.
 (cd python && "$PY" -m pytest -q -p no:cacheprovider tests_gateway)
+
+step "benchmark smoke pass (bash bench/run.sh --smoke)"
+# Every benchmark scenario for a few seconds, on loopback only; no timing
+# is judged. Fails only if a scenario cannot run. Results go to a
+# temporary directory, not bench/results/.
+# The load generator is built with the Go toolchain; a machine with only
+# Node/npm and Python skips this step and says so.
+if command -v go >/dev/null; then
+  bench_out=$(mktemp -d)
+  bash bench/run.sh --smoke --out "$bench_out"
+  rm -rf "$bench_out"
+else
+  printf 'SKIPPED: the Go toolchain is not installed (bench/load needs it)\n' >&2
+fi

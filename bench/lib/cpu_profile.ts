@@ -1,0 +1,120 @@
+/**
+ * Summarizes a V8 CPU profile (`deno run --cpu-prof`): where the sidecar's
+ * CPU time went, by function and by source file, so that a missed CPU
+ * target comes with the place to look.
+ *
+ * @module
+ */
+
+interface ProfileNode {
+  id: number;
+  callFrame: {
+    functionName: string;
+    url: string;
+    lineNumber: number;
+  };
+  hitCount?: number;
+}
+
+interface CpuProfile {
+  nodes: ProfileNode[];
+  startTime: number;
+  endTime: number;
+  samples?: number[];
+}
+
+/** One line of a summary: a name and its share of the busy samples. */
+export interface Share {
+  name: string;
+  pct: number;
+  ms: number;
+}
+
+/** What a profile says, in short. */
+export interface ProfileSummary {
+  /** Wall time the profile covers, start-up included. */
+  durationMs: number;
+  /** Samples with the process on CPU (neither idle nor in "program"). */
+  busyMs: number;
+  functions: Share[];
+  files: Share[];
+}
+
+// Samples that are not JavaScript or native work of the sidecar's own.
+const NOT_BUSY = new Set(["(idle)", "(program)", "(root)"]);
+
+/** Shortens a script URL to what identifies it: the repo path or package. */
+function fileOf(url: string): string {
+  if (!url) return "[native code]";
+  const src = url.match(/\/(src\/.+)$/);
+  if (src) return src[1];
+  const npm = url.match(
+    /registry\.npmjs\.org\/((?:@[^/]+\/)?[^/]+)\/[^/]+\/(.+)$/,
+  );
+  if (npm) return `npm:${npm[1]}/${npm[2]}`;
+  return url.replace(/^file:\/\/.*\/main\//, "");
+}
+
+/** Summarizes the profile at `path`, keeping the top `top` entries. */
+export async function summarizeProfile(
+  path: string,
+  top = 15,
+): Promise<ProfileSummary> {
+  const profile = JSON.parse(await Deno.readTextFile(path)) as CpuProfile;
+  const durationMs = (profile.endTime - profile.startTime) / 1000;
+  const totalHits = profile.nodes.reduce((a, n) => a + (n.hitCount ?? 0), 0);
+  const msPerHit = totalHits ? durationMs / totalHits : 0;
+
+  const byFunction = new Map<string, number>();
+  const byFile = new Map<string, number>();
+  let busy = 0;
+  for (const n of profile.nodes) {
+    const hits = n.hitCount ?? 0;
+    if (!hits || NOT_BUSY.has(n.callFrame.functionName)) continue;
+    busy += hits;
+    const file = fileOf(n.callFrame.url);
+    const fn = `${n.callFrame.functionName || "(anonymous)"} ${file}${
+      n.callFrame.url ? `:${n.callFrame.lineNumber + 1}` : ""
+    }`;
+    byFunction.set(fn, (byFunction.get(fn) ?? 0) + hits);
+    byFile.set(file, (byFile.get(file) ?? 0) + hits);
+  }
+  const rank = (m: Map<string, number>): Share[] =>
+    [...m].sort((a, b) => b[1] - a[1]).slice(0, top).map(([name, hits]) => ({
+      name,
+      pct: busy ? (100 * hits) / busy : 0,
+      ms: hits * msPerHit,
+    }));
+  return {
+    durationMs,
+    busyMs: busy * msPerHit,
+    functions: rank(byFunction),
+    files: rank(byFile),
+  };
+}
+
+/** The summary as Markdown. */
+export function profileMarkdown(s: ProfileSummary, title: string): string {
+  const table = (rows: Share[], what: string) =>
+    [
+      `| share of busy samples | ms | ${what} |`,
+      "| ---: | ---: | --- |",
+      ...rows.map((r) =>
+        `| ${r.pct.toFixed(1)}% | ${r.ms.toFixed(0)} | \`${r.name}\` |`
+      ),
+    ].join("\n");
+  return `## ${title}
+
+The profile covers ${(s.durationMs / 1000).toFixed(1)} s (start-up included), ${
+    (s.busyMs / 1000).toFixed(2)
+  } s of it on CPU.
+
+### By function (self time)
+
+${table(s.functions, "function and location")}
+
+### By file (self time)
+
+${table(s.files, "file")}
+`;
+}

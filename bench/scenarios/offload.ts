@@ -1,0 +1,291 @@
+/**
+ * Scenario 5: protocol offloading, side by side. The same token workload
+ * streamed three ways:
+ *
+ * - the sidecar in front of the simulator (the cy_worker package speaking
+ *   framed JSON over a Unix socket);
+ * - a Python worker serving gRPC itself (grpcio's asyncio server,
+ *   `bench/alt/grpc_worker.py`), called directly;
+ * - the same worker behind nginx (`grpc_pass`), when nginx is installed.
+ *
+ * Reported: the worker process's CPU per 1,000 tokens, tokens/s at
+ * saturation, token latency at a steady load, and the proxy's memory and
+ * CPU.
+ *
+ * @module
+ */
+
+import type { Context } from "../lib/context.ts";
+import {
+  failures,
+  type LoadSpec,
+  type Measured,
+  runGrpc,
+} from "../lib/load.ts";
+import { memory, sampler } from "../lib/procs.ts";
+import {
+  type Nginx,
+  startGrpcWorker,
+  startNginx,
+  startStack,
+  waitIdle,
+} from "../lib/stack.ts";
+import { MiB } from "../lib/stats.ts";
+
+const NAME = "5. protocol offloading";
+
+// Saturation: 64 streams of 500 tokens with no pause between tokens.
+const SATURATION = { streams: 64, tokens: 500, itlMs: 0 };
+const SAT_LABEL = "64 streams, no pause";
+// Steady load for latency: 64 streams x 50 tokens/s (as in scenario 1).
+const STEADY = { streams: 64, tokens: 50, itlMs: 20, stamp: true };
+const STEADY_LABEL = "64 streams x 50 tok/s";
+
+type ArmName = "sidecar" | "grpcio" | "nginx";
+const ARM_LABEL: Record<ArmName, string> = {
+  sidecar: "sidecar + cy_worker (framed JSON)",
+  grpcio: "grpcio worker, direct",
+  nginx: "nginx → grpcio worker",
+};
+
+interface ArmRun {
+  saturation: Measured;
+  steady: Measured;
+  /** Peak RSS of the proxy (sidecar, or nginx master + worker), bytes. */
+  proxyPeak: number | null;
+}
+
+interface Target {
+  addr: string;
+  worker: number;
+  /** The proxy's processes (none when the worker is called directly). */
+  proxy: () => number[];
+  stop(): Promise<void>;
+}
+
+async function startArm(ctx: Context, arm: ArmName): Promise<Target> {
+  const { env } = ctx;
+  if (arm === "sidecar") {
+    const stack = await startStack(env, { metering: "durable" });
+    return {
+      addr: stack.grpcAddr,
+      worker: stack.sim.pid,
+      proxy: () => [stack.sidecar.pid],
+      async stop() {
+        await waitIdle(stack).catch(() => {});
+        await stack.stop();
+      },
+    };
+  }
+  const alt = await startGrpcWorker(env);
+  let nginx: Nginx | null = null;
+  try {
+    if (arm === "nginx") nginx = await startNginx(env.nginx!, alt.addr);
+  } catch (err) {
+    await alt.proc.stop();
+    throw err;
+  }
+  return {
+    addr: nginx?.addr ?? alt.addr,
+    worker: alt.proc.pid,
+    proxy: () => nginx?.pids() ?? [],
+    async stop() {
+      await nginx?.stop();
+      await alt.proc.stop();
+    },
+  };
+}
+
+async function runArm(ctx: Context, arm: ArmName): Promise<ArmRun> {
+  const { env, durations: d } = ctx;
+  const t = await startArm(ctx, arm);
+  try {
+    const watch: Record<string, number> = { worker: t.worker };
+    for (const [i, pid] of t.proxy().entries()) watch[`proxy${i}`] = pid;
+    const proxyRss = () =>
+      t.proxy().reduce((sum, pid) => sum + memory(pid).rss, 0);
+    const rss = t.proxy().length ? sampler(proxyRss, 250) : null;
+    const base = { durationS: d.throughputS, warmupS: d.warmupS };
+    // The steady run first: a saturation run leaves the sidecar's heap
+    // full for a while (scenario 3 measures that), which is not what a
+    // latency figure at steady load should include.
+    const steady = await runGrpc(
+      env,
+      t.addr,
+      { ...base, durationS: d.latencyS, ...STEADY } satisfies LoadSpec,
+      watch,
+    );
+    const saturation = await runGrpc(
+      env,
+      t.addr,
+      { ...base, ...SATURATION } satisfies LoadSpec,
+      watch,
+    );
+    const samples = rss?.stop() ?? [];
+    return {
+      saturation,
+      steady,
+      proxyPeak: samples.length ? Math.max(...samples) : null,
+    };
+  } finally {
+    await t.stop();
+  }
+}
+
+/** Runs scenario 5. */
+export async function offload(ctx: Context): Promise<void> {
+  const { env, report, options } = ctx;
+  const arms: ArmName[] = ["sidecar", "grpcio"];
+  if (env.nginx) arms.push("nginx");
+  else {
+    report.note(
+      `${NAME}: nginx is not installed, so the "nginx → grpcio worker" arm was skipped ` +
+        "(bash bench/run.sh installs Debian's nginx package unless --smoke or --no-install is given).",
+    );
+  }
+
+  const runs: Record<ArmName, ArmRun[]> = {
+    sidecar: [],
+    grpcio: [],
+    nginx: [],
+  };
+  for (let rep = 0; rep < options.repetitions; rep++) {
+    for (const arm of arms) {
+      const r = await runArm(ctx, arm);
+      runs[arm].push(r);
+      report.detail(NAME, { arm, rep, ...r });
+      for (
+        const [what, m] of [["saturation", r.saturation], [
+          "steady",
+          r.steady,
+        ]] as const
+      ) {
+        const failed = failures(m.load);
+        if (failed) {
+          report.note(
+            `${NAME}, ${ARM_LABEL[arm]}, ${what}: failed requests: ${failed}`,
+          );
+        }
+      }
+    }
+  }
+
+  const perK = (m: Measured, who: string) =>
+    (1000 * m.cpuS[who]) / m.load.tokens * 1000;
+  const proxyCpu = (m: Measured) =>
+    Object.entries(m.cpuS).filter(([k]) => k.startsWith("proxy")).reduce(
+      (a, [, v]) => a + v,
+      0,
+    );
+
+  for (const arm of arms) {
+    const r = runs[arm];
+    const label = ARM_LABEL[arm];
+    report.add(
+      NAME,
+      `worker CPU per 1,000 tokens: ${label}`,
+      SAT_LABEL,
+      r.map((x) => perK(x.saturation, "worker")),
+      "ms",
+    );
+  }
+  const ratio = (other: ArmName) =>
+    runs.sidecar.map((s, i) =>
+      perK(s.saturation, "worker") / perK(runs[other][i].saturation, "worker")
+    );
+  report.add(
+    NAME,
+    "worker CPU per token: cy_worker / grpcio worker",
+    SAT_LABEL,
+    ratio("grpcio"),
+    "",
+    {
+      digits: 3,
+      target: { op: "<=", value: 0.1, text: "≤ 0.100 (1/10)" },
+    },
+  );
+  for (const arm of arms) {
+    report.add(
+      NAME,
+      `worker CPU per 1,000 tokens: ${ARM_LABEL[arm]}`,
+      STEADY_LABEL,
+      runs[arm].map((x) => perK(x.steady, "worker")),
+      "ms",
+    );
+  }
+  report.add(
+    NAME,
+    "worker CPU per token: cy_worker / grpcio worker",
+    STEADY_LABEL,
+    runs.sidecar.map((s, i) =>
+      perK(s.steady, "worker") / perK(runs.grpcio[i].steady, "worker")
+    ),
+    "",
+    { digits: 3 },
+  );
+  for (const arm of arms) {
+    report.add(
+      NAME,
+      `tokens/s at saturation: ${ARM_LABEL[arm]}`,
+      SAT_LABEL,
+      runs[arm].map((x) => x.saturation.load.tokens_per_s),
+      "/s",
+      { digits: 0 },
+    );
+  }
+  for (const arm of arms) {
+    report.add(
+      NAME,
+      `p99 token latency: ${ARM_LABEL[arm]}`,
+      STEADY_LABEL,
+      runs[arm].map((x) => x.steady.load.latency_us?.p99_us ?? NaN),
+      "µs",
+      { digits: 0 },
+    );
+  }
+  for (const arm of arms) {
+    report.add(
+      NAME,
+      `p50 token latency: ${ARM_LABEL[arm]}`,
+      STEADY_LABEL,
+      runs[arm].map((x) => x.steady.load.latency_us?.p50_us ?? NaN),
+      "µs",
+      { digits: 0 },
+    );
+  }
+  for (const arm of arms.filter((a) => a !== "grpcio")) {
+    const proxy = arm === "sidecar" ? "sidecar" : "nginx (master + 1 worker)";
+    report.add(
+      NAME,
+      `proxy RSS peak: ${proxy}`,
+      "both runs",
+      runs[arm].map((x) => (x.proxyPeak ?? NaN) / MiB),
+      "MiB",
+    );
+    report.add(
+      NAME,
+      `proxy CPU per 1,000 tokens: ${proxy}`,
+      SAT_LABEL,
+      runs[arm].map((x) =>
+        (1e6 * proxyCpu(x.saturation)) / x.saturation.load.tokens
+      ),
+      "ms",
+    );
+  }
+  for (const arm of arms) {
+    report.add(
+      NAME,
+      `worker + proxy CPU per 1,000 tokens: ${ARM_LABEL[arm]}`,
+      SAT_LABEL,
+      runs[arm].map((x) =>
+        (1e6 * (x.saturation.cpuS.worker + proxyCpu(x.saturation))) /
+        x.saturation.load.tokens
+      ),
+      "ms",
+    );
+  }
+  report.note(
+    `${NAME}: the grpcio worker (grpc.aio server) produces the simulator's exact workload (same words, schedule and stamps); ` +
+      "nginx runs one worker process with upstream keep-alive. The worker-CPU ratio pairs the runs of the same repetition.",
+  );
+}

@@ -1,0 +1,262 @@
+/**
+ * Scenario 2 (throughput at saturation) and scenario 6 (what durable
+ * metering costs), measured together: each repetition runs the same two
+ * saturation workloads on a sidecar with `[metering] mode = "durable"`
+ * (posting to a local billing endpoint that accepts everything at once)
+ * and on one with `mode = "off"`, alternating which goes first.
+ *
+ * @module
+ */
+
+import type { Context } from "../lib/context.ts";
+import { profileRun } from "../lib/profile_run.ts";
+import {
+  failures,
+  type LoadSpec,
+  type Measured,
+  runGrpc,
+} from "../lib/load.ts";
+import { type MeteringMode, startStack, waitIdle } from "../lib/stack.ts";
+
+const TWO = "2. throughput";
+const SIX = "6. metering cost";
+
+// Short generations: one token each, as fast as they come back, with 128
+// in flight on one connection (enough to keep the sidecar busy; more only
+// queues).
+const SHORT = { streams: 128, tokens: 1 };
+// Streamed tokens: 256 generations of 200 tokens in flight, no pause
+// between tokens.
+const STREAMED = { streams: 256, tokens: 200 };
+
+const SHORT_LOAD = `${SHORT.streams} in flight, 1 token each`;
+const STREAMED_LOAD =
+  `${STREAMED.streams} streams x ${STREAMED.tokens} tokens, no pause`;
+
+interface Arm {
+  short: Measured;
+  streamed: Measured;
+}
+
+async function runArm(ctx: Context, metering: MeteringMode): Promise<Arm> {
+  const { env, durations: d } = ctx;
+  const base = { durationS: d.throughputS, warmupS: d.warmupS, itlMs: 0 };
+  // A fresh sidecar for each workload: one saturation run leaves the heap
+  // (and the garbage collector's state) to the next.
+  const once = async (spec: LoadSpec) => {
+    const stack = await startStack(env, { metering });
+    try {
+      const watch = { sidecar: stack.sidecar.pid, worker: stack.sim.pid };
+      const m = await runGrpc(env, stack.grpcAddr, spec, watch);
+      await waitIdle(stack);
+      return m;
+    } finally {
+      await stack.stop();
+    }
+  };
+  return {
+    short: await once({ ...base, ...SHORT }),
+    streamed: await once({ ...base, ...STREAMED }),
+  };
+}
+
+/** Runs scenario 2, scenario 6, or both (they share their runs). */
+export async function throughput(
+  ctx: Context,
+  which: { two: boolean; six: boolean },
+): Promise<void> {
+  const { report } = ctx;
+  const reps = ctx.options.repetitions;
+  const on: Arm[] = [];
+  const off: Arm[] = [];
+
+  for (let rep = 0; rep < reps; rep++) {
+    const order: MeteringMode[] = !which.six
+      ? ["durable"]
+      : rep % 2 === 0
+      ? ["durable", "off"]
+      : ["off", "durable"];
+    for (const mode of order) {
+      const arm = await runArm(ctx, mode);
+      (mode === "durable" ? on : off).push(arm);
+      report.detail(which.two ? TWO : SIX, { metering: mode, rep, ...arm });
+      for (
+        const [what, m] of [["short", arm.short], [
+          "streamed",
+          arm.streamed,
+        ]] as const
+      ) {
+        const failed = failures(m.load);
+        if (failed) {
+          report.note(
+            `${TWO}, metering ${mode}, ${what}: failed requests: ${failed}`,
+          );
+        }
+      }
+    }
+  }
+
+  const pct = (m: Measured, who: string) => 100 * m.cpuS[who] / m.load.window_s;
+  if (which.two) {
+    const shortRate = report.add(
+      TWO,
+      "short generations/s (metering durable)",
+      SHORT_LOAD,
+      on.map((a) => a.short.load.requests_per_s),
+      "/s",
+      {
+        digits: 0,
+        target: { op: ">=", value: 10_000, text: "≥ 10,000/s" },
+      },
+    );
+    report.add(
+      TWO,
+      "sidecar CPU during it",
+      SHORT_LOAD,
+      on.map((a) => pct(a.short, "sidecar")),
+      "% of a core",
+    );
+    report.add(
+      TWO,
+      "simulator (worker) CPU during it",
+      SHORT_LOAD,
+      on.map((a) => pct(a.short, "worker")),
+      "% of a core",
+    );
+    report.add(
+      TWO,
+      "load generator CPU during it",
+      SHORT_LOAD,
+      on.map((a) => a.short.load.client_cpu_pct),
+      "% of a core",
+    );
+    report.add(
+      TWO,
+      "short generations per sidecar CPU-second",
+      SHORT_LOAD,
+      on.map((a) => a.short.load.requests_ok / a.short.cpuS.sidecar),
+      "/s",
+      { digits: 0 },
+    );
+    report.add(
+      TWO,
+      "streamed tokens/s (metering durable)",
+      STREAMED_LOAD,
+      on.map((a) => a.streamed.load.tokens_per_s),
+      "/s",
+      {
+        digits: 0,
+      },
+    );
+    report.add(
+      TWO,
+      "sidecar CPU during it",
+      STREAMED_LOAD,
+      on.map((a) => pct(a.streamed, "sidecar")),
+      "% of a core",
+    );
+    report.add(
+      TWO,
+      "simulator (worker) CPU during it",
+      STREAMED_LOAD,
+      on.map((a) => pct(a.streamed, "worker")),
+      "% of a core",
+    );
+    report.add(
+      TWO,
+      "load generator CPU during it",
+      STREAMED_LOAD,
+      on.map((a) => a.streamed.load.client_cpu_pct),
+      "% of a core",
+    );
+    report.add(
+      TWO,
+      "tokens per sidecar CPU-second",
+      STREAMED_LOAD,
+      on.map((a) => a.streamed.load.tokens / a.streamed.cpuS.sidecar),
+      "/s",
+      { digits: 0 },
+    );
+    const { options, durations: d } = ctx;
+    const missed = shortRate.value < 10_000;
+    if (
+      options.profile === "always" ||
+      (options.profile === "auto" && missed && !options.smoke)
+    ) {
+      await profileRun(ctx, {
+        scenario: TWO,
+        label: SHORT_LOAD,
+        spec: {
+          ...SHORT,
+          itlMs: 0,
+          durationS: d.throughputS,
+          warmupS: d.warmupS,
+        },
+        file: "cpu-profile-short-generations",
+      });
+    }
+  }
+  if (which.six) {
+    report.add(
+      SIX,
+      "short generations/s, metering off",
+      SHORT_LOAD,
+      off.map((a) => a.short.load.requests_per_s),
+      "/s",
+      { digits: 0 },
+    );
+    report.add(
+      SIX,
+      "short generations/s, durable",
+      SHORT_LOAD,
+      on.map((a) => a.short.load.requests_per_s),
+      "/s",
+      { digits: 0 },
+    );
+    report.add(
+      SIX,
+      "short generations: durable / off",
+      SHORT_LOAD,
+      on.map((a, i) =>
+        a.short.load.requests_per_s / off[i].short.load.requests_per_s
+      ),
+      "",
+      {
+        digits: 2,
+        target: { op: ">=", value: 0.9, text: "≥ 0.90" },
+      },
+    );
+    report.add(
+      SIX,
+      "streamed tokens/s, metering off",
+      STREAMED_LOAD,
+      off.map((a) => a.streamed.load.tokens_per_s),
+      "/s",
+      { digits: 0 },
+    );
+    report.add(
+      SIX,
+      "streamed tokens/s: durable / off",
+      STREAMED_LOAD,
+      on.map((a, i) =>
+        a.streamed.load.tokens_per_s / off[i].streamed.load.tokens_per_s
+      ),
+      "",
+      {
+        digits: 2,
+        target: { op: ">=", value: 0.9, text: "≥ 0.90" },
+      },
+    );
+    report.add(
+      SIX,
+      "sidecar CPU per short generation: durable / off",
+      SHORT_LOAD,
+      on.map((a, i) =>
+        (a.short.cpuS.sidecar / a.short.load.requests_ok) /
+        (off[i].short.cpuS.sidecar / off[i].short.load.requests_ok)
+      ),
+      "",
+      { digits: 2 },
+    );
+  }
+}
