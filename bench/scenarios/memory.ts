@@ -28,25 +28,22 @@ const NAME = "3. memory";
 
 /**
  * Launches compared: as in production (the V8 flags `src/permissions.ts`
- * sets), with Deno's own defaults, and with the young generation bounded
- * too. Targets are judged on the production launch.
+ * sets), with Deno's own defaults, and with the old-generation cap alone
+ * (no semi-space bound), the launch the production flags replaced.
+ * Targets are judged on the production launch.
  */
 function variants(): { label: string; v8Flags?: string[] }[] {
   const prod = productionV8Flags();
   const label = (flags: string[]) =>
     flags.length ? `--v8-flags=${flags.join(",")}` : "no V8 flags";
-  const bounded = [
-    ...prod.filter((f) => !f.startsWith("--max-semi-space-size")),
-    "--max-semi-space-size=2",
-  ];
-  if (!bounded.some((f) => f.startsWith("--max-old-space-size"))) {
-    bounded.unshift("--max-old-space-size=64");
-  }
+  const capOnly = prod.filter((f) => !f.startsWith("--max-semi-space-size"));
   const out: { label: string; v8Flags?: string[] }[] = [
     { label: `production launch (${label(prod)})` },
   ];
   if (prod.length) out.push({ label: label([]), v8Flags: [] });
-  out.push({ label: label(bounded), v8Flags: bounded });
+  if (capOnly.length && capOnly.length !== prod.length) {
+    out.push({ label: label(capOnly), v8Flags: capOnly });
+  }
   return out;
 }
 
