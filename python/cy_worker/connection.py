@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING, Any, Callable, Dict, Optional
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional
 
 from .generation import Generation
 from .protocol import (
@@ -51,6 +51,11 @@ class Connection(asyncio.Protocol):
         # Until `hello` says otherwise, write only what any peer accepts.
         self.peer_max_frame_bytes = MIN_MAX_FRAME_BYTES
         self.write: Callable[[bytes], None] = self._write_nowhere
+        # Frames written in one turn of the event loop, sent together at
+        # its end: one system call for the tokens of every generation that
+        # produced one in this turn, instead of one per token.
+        self._pending: List[bytes] = []
+        self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._decoder = FrameDecoder(worker.max_frame_bytes)
         self._writable: Optional[asyncio.Future] = None
         self._handlers = {
@@ -66,7 +71,8 @@ class Connection(asyncio.Protocol):
 
     def connection_made(self, transport: Any) -> None:
         self.transport = transport
-        self.write = self._write_checked if self.worker.check_frames else transport.write
+        self._loop = asyncio.get_running_loop()
+        self.write = self._write_checked if self.worker.check_frames else self._write_coalesced
         self.worker._connection_opened(self)
 
     def data_received(self, data: bytes) -> None:
@@ -165,6 +171,8 @@ class Connection(asyncio.Protocol):
         self.closing = True
         self._cancel_all("connection_closed")
         if self.transport is not None:
+            # What the cancellations and a failure wrote goes out first.
+            self.flush()
             self.transport.close()
 
     def generation_ended(self, generation: Generation) -> None:
@@ -184,7 +192,24 @@ class Connection(asyncio.Protocol):
         result = check_frame(data, TO_SIDECAR, self.peer_max_frame_bytes)
         if type(result) is Failure:
             logger.error("self-check: worker sent an invalid frame (%s): %.200r", result, data)
-        self.transport.write(data)  # type: ignore[union-attr]
+        self._write_coalesced(data)
+
+    def _write_coalesced(self, data: bytes) -> None:
+        pending = self._pending
+        if not pending:
+            self._loop.call_soon(self.flush)  # type: ignore[union-attr]
+        pending.append(data)
+
+    def flush(self) -> None:
+        """Send the frames written in this turn of the event loop now."""
+        pending = self._pending
+        if not pending:
+            return
+        self._pending = []
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        transport.write(pending[0] if len(pending) == 1 else b"".join(pending))
 
     # Messages from the sidecar
 

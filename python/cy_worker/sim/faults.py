@@ -43,6 +43,9 @@ async def fire(kind: str, req: Request, code: str) -> None:
     generation = req._generation
     transport = generation.conn.transport
     logger.warning("injecting fault=%s id=%s", kind, req.id)
+    # What the generation wrote so far goes out before the fault: raw bytes
+    # must follow it, and an exit must not swallow it.
+    generation.conn.flush()
 
     if kind == "exit":
         sys.stderr.flush()
