@@ -61,4 +61,32 @@ if [ -z "$NGINX" ] && [ "$smoke" = 0 ] && [ "$install" = 1 ]; then
 fi
 export NGINX
 
+# The gateway side's ceiling under Node.js (scenario 2): the probe server
+# with the same @grpc/grpc-js and proto-loader versions as deno.json, from
+# the npm registry. Without Node.js or npm, that arm is skipped with a note.
+CEILING_NODE_DIR=""
+if command -v node >/dev/null && command -v npm >/dev/null; then
+  ceiling=.tools/bench/ceiling-node
+  pin() { grep -o "npm:$1@[0-9][^\"]*" deno.json | head -n1 | sed 's/^npm://'; }
+  pkgs="$(pin @grpc/grpc-js) $(pin @grpc/proto-loader)"
+  mkdir -p "$ceiling"
+  # Its own package.json, so that npm installs here and not into the
+  # nearest parent that has one.
+  [ -f "$ceiling/package.json" ] || printf '{ "private": true }\n' >"$ceiling/package.json"
+  if [ "$(cat "$ceiling/.pins" 2>/dev/null)" != "$pkgs" ]; then
+    rm -rf "$ceiling/node_modules"
+    # shellcheck disable=SC2086 # two package specs
+    if (cd "$ceiling" && npm install --silent --no-audit --no-fund --no-save $pkgs >&2); then
+      printf '%s' "$pkgs" >"$ceiling/.pins"
+    else
+      note "npm could not install $pkgs; the Node.js ceiling is skipped"
+    fi
+  fi
+  if [ -f "$ceiling/.pins" ]; then
+    cp bench/probe/grpc_ceiling.mjs "$ceiling/"
+    CEILING_NODE_DIR="$PWD/$ceiling"
+  fi
+fi
+export CEILING_NODE_DIR
+
 exec "$DENO" run -A bench/run.ts ${args[@]+"${args[@]}"}

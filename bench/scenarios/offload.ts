@@ -10,7 +10,9 @@
  *
  * Reported: the worker process's CPU per 1,000 tokens, tokens/s at
  * saturation, token latency at a steady load, and the proxy's memory and
- * CPU.
+ * CPU. A fourth run produces the same tokens with no transport at all
+ * (`bench/clients/gen_only.py`): what is left of a worker's CPU per token
+ * after subtracting it is what its protocol costs.
  *
  * @module
  */
@@ -20,9 +22,10 @@ import {
   failures,
   type LoadSpec,
   type Measured,
+  promptFor,
   runGrpc,
 } from "../lib/load.ts";
-import { memory, sampler } from "../lib/procs.ts";
+import { memory, runTool, sampler } from "../lib/procs.ts";
 import {
   type Nginx,
   startGrpcWorker,
@@ -132,6 +135,29 @@ async function runArm(ctx: Context, arm: ArmName): Promise<ArmRun> {
   }
 }
 
+/** The saturation workload with no transport: CPU µs per token. */
+async function generationAlone(ctx: Context): Promise<number> {
+  const { env, durations: d } = ctx;
+  const out = await runTool("gen_only", env.python, [
+    "bench/clients/gen_only.py",
+    "--streams",
+    String(SATURATION.streams),
+    "--duration",
+    String(d.throughputS),
+    "--warmup",
+    String(d.warmupS),
+    "--prompt",
+    promptFor({ ...SATURATION, durationS: 0, warmupS: 0 }),
+    // The saturation runs do not stamp; neither does this one.
+  ], {
+    env: { PYTHONPATH: `${env.root}/python` },
+    cwd: env.root,
+    timeoutMs: (d.throughputS + 30) * 1000,
+  });
+  const r = JSON.parse(out) as { tokens: number; cpu_s: number };
+  return (1e6 * r.cpu_s) / r.tokens;
+}
+
 /** Runs scenario 5. */
 export async function offload(ctx: Context): Promise<void> {
   const { env, report, options } = ctx;
@@ -149,7 +175,9 @@ export async function offload(ctx: Context): Promise<void> {
     grpcio: [],
     nginx: [],
   };
+  const alone: number[] = [];
   for (let rep = 0; rep < options.repetitions; rep++) {
+    alone.push(await generationAlone(ctx));
     for (const arm of arms) {
       const r = await runArm(ctx, arm);
       runs[arm].push(r);
@@ -203,6 +231,24 @@ export async function offload(ctx: Context): Promise<void> {
       digits: 3,
       target: { op: "<=", value: 0.1, text: "≤ 0.100 (1/10)" },
     },
+  );
+  report.add(
+    NAME,
+    "worker CPU per 1,000 tokens: the same tokens, no transport",
+    SAT_LABEL,
+    alone,
+    "ms",
+  );
+  report.add(
+    NAME,
+    "protocol CPU per token (worker − no transport): cy_worker / grpcio",
+    SAT_LABEL,
+    runs.sidecar.map((s, i) =>
+      (perK(s.saturation, "worker") - alone[i]) /
+      (perK(runs.grpcio[i].saturation, "worker") - alone[i])
+    ),
+    "",
+    { digits: 3 },
   );
   for (const arm of arms) {
     report.add(

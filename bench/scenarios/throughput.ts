@@ -5,10 +5,20 @@
  * (posting to a local billing endpoint that accepts everything at once)
  * and on one with `mode = "off"`, alternating which goes first.
  *
+ * Scenario 2 also loads the gateway side's ceiling (`lib/ceiling.ts`: a
+ * bare grpc-js server with a one-token reply) with the short-generation
+ * workload in each repetition, on Deno and on Node.js, so that the
+ * sidecar's rate reads against what grpc-js itself serves here.
+ *
  * @module
  */
 
 import type { Context } from "../lib/context.ts";
+import {
+  type CeilingRuntime,
+  nodeCeilingDir,
+  startCeiling,
+} from "../lib/ceiling.ts";
 import { profileRun } from "../lib/profile_run.ts";
 import {
   failures,
@@ -60,6 +70,24 @@ async function runArm(ctx: Context, metering: MeteringMode): Promise<Arm> {
   };
 }
 
+async function runCeiling(
+  ctx: Context,
+  runtime: CeilingRuntime,
+): Promise<Measured> {
+  const { env, durations: d } = ctx;
+  const ceiling = await startCeiling(env, runtime);
+  try {
+    return await runGrpc(env, ceiling.addr, {
+      ...SHORT,
+      durationS: d.throughputS,
+      warmupS: d.warmupS,
+      itlMs: 0,
+    }, { server: ceiling.proc.pid });
+  } finally {
+    await ceiling.proc.stop();
+  }
+}
+
 /** Runs scenario 2, scenario 6, or both (they share their runs). */
 export async function throughput(
   ctx: Context,
@@ -69,6 +97,15 @@ export async function throughput(
   const reps = ctx.options.repetitions;
   const on: Arm[] = [];
   const off: Arm[] = [];
+  const ceilings: Record<CeilingRuntime, Measured[]> = { deno: [], node: [] };
+  const runtimes: CeilingRuntime[] = nodeCeilingDir()
+    ? ["deno", "node"]
+    : ["deno"];
+  if (which.two && runtimes.length === 1) {
+    report.note(
+      `${TWO}: the Node.js ceiling was skipped (bash bench/run.sh installs it with npm when Node.js is present)`,
+    );
+  }
 
   for (let rep = 0; rep < reps; rep++) {
     const order: MeteringMode[] = !which.six
@@ -76,6 +113,17 @@ export async function throughput(
       : rep % 2 === 0
       ? ["durable", "off"]
       : ["off", "durable"];
+    if (which.two) {
+      for (const runtime of runtimes) {
+        const m = await runCeiling(ctx, runtime);
+        ceilings[runtime].push(m);
+        report.detail(TWO, { ceiling: runtime, rep, ...m });
+        const failed = failures(m.load);
+        if (failed) {
+          report.note(`${TWO}, ${runtime} ceiling: failed requests: ${failed}`);
+        }
+      }
+    }
     for (const mode of order) {
       const arm = await runArm(ctx, mode);
       (mode === "durable" ? on : off).push(arm);
@@ -116,6 +164,35 @@ export async function throughput(
       on.map((a) => pct(a.short, "sidecar")),
       "% of a core",
     );
+    const runtimeName = { deno: "Deno", node: "Node.js" };
+    for (const runtime of runtimes) {
+      const runs = ceilings[runtime];
+      report.add(
+        TWO,
+        `ceiling: bare grpc-js on ${runtimeName[runtime]}, one-token reply`,
+        SHORT_LOAD,
+        runs.map((m) => m.load.requests_per_s),
+        "/s",
+        { digits: 0 },
+      );
+      report.add(
+        TWO,
+        `ceiling server CPU (${runtimeName[runtime]})`,
+        SHORT_LOAD,
+        runs.map((m) => pct(m, "server")),
+        "% of a core",
+      );
+      report.add(
+        TWO,
+        `sidecar / ceiling on ${runtimeName[runtime]}`,
+        SHORT_LOAD,
+        on.map((a, i) =>
+          a.short.load.requests_per_s / runs[i].load.requests_per_s
+        ),
+        "",
+        { digits: 2 },
+      );
+    }
     report.add(
       TWO,
       "simulator (worker) CPU during it",

@@ -1,0 +1,72 @@
+// The ceiling of the gateway side: a bare @grpc/grpc-js server that answers
+// Sidecar/Generate with what the sidecar sends for a one-token generation
+// (one chunk event, one done event, status OK) and does nothing else: no
+// worker, no metering, no metrics, no validation.
+//
+// Load it like the sidecar (`cyload gen`); the requests per second it
+// reaches is the most the sidecar could reach on the same runtime. It runs
+// unchanged under Deno (`deno run --allow-net --allow-read --allow-env`,
+// packages from deno.json) and under Node.js (packages from a node_modules
+// beside it), so the runtime's own cost can be told apart.
+//
+//   grpc_ceiling.mjs PROTO_DIR PORT
+//
+// Prints "listening PORT" once bound; stops on SIGTERM or SIGINT.
+
+import * as grpc from "@grpc/grpc-js";
+import * as loader from "@grpc/proto-loader";
+import process from "node:process";
+
+const [protoDir, portArg] = process.argv.slice(2);
+if (!protoDir || !portArg) {
+  console.error("usage: grpc_ceiling.mjs PROTO_DIR PORT");
+  process.exit(2);
+}
+
+const def = loader.loadSync(`${protoDir}/cy/sidecar/v1/sidecar.proto`, {
+  keepCase: true,
+  longs: String,
+  enums: String,
+  defaults: true,
+  oneofs: true,
+});
+const service = grpc.loadPackageDefinition(def).cy.sidecar.v1.Sidecar.service;
+
+const server = new grpc.Server({ "grpc.max_concurrent_streams": 1024 });
+server.addService(service, {
+  Generate(call) {
+    const id = call.request.request_id;
+    call.write({ request_id: id, chunk: { text: "a", token_ids: [1] } });
+    call.write({
+      request_id: id,
+      done: {
+        finish_reason: "length",
+        usage: { prompt_tokens: 1, completion_tokens: 1 },
+        model_id: "ceiling",
+      },
+    });
+    call.end();
+  },
+  Session(call) {
+    call.end();
+  },
+  GetStatus(_call, callback) {
+    callback(null, { state: "CONNECTED", model_id: "ceiling" });
+  },
+});
+
+server.bindAsync(
+  `127.0.0.1:${portArg}`,
+  grpc.ServerCredentials.createInsecure(),
+  (err, port) => {
+    if (err) {
+      console.error(`bind failed: ${err.message}`);
+      process.exit(1);
+    }
+    console.log(`listening ${port}`);
+  },
+);
+
+for (const sig of ["SIGTERM", "SIGINT"]) {
+  process.on(sig, () => server.tryShutdown(() => process.exit(0)));
+}
