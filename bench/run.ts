@@ -3,7 +3,7 @@
  * which installs and builds what it needs first; `--help` lists the
  * options.
  *
- * Runs the six scenarios in order, each starting and stopping its own
+ * Runs the seven scenarios in order, each starting and stopping its own
  * processes, then prints the table and writes it to
  * `bench/results/latest.json` and `bench/results/latest.md`. A scenario
  * that fails is reported and the others still run; the exit status is
@@ -19,6 +19,7 @@ import { FULL, parseOptions, SMOKE } from "./lib/options.ts";
 import { stopAll } from "./lib/procs.ts";
 import { markdown, Report, type Results, textTable } from "./lib/report.ts";
 import { cpu } from "./scenarios/cpu.ts";
+import { failFast } from "./scenarios/failfast.ts";
 import { latency } from "./scenarios/latency.ts";
 import { memoryScenario } from "./scenarios/memory.ts";
 import { offload } from "./scenarios/offload.ts";
@@ -55,6 +56,7 @@ if (wanted("2") || wanted("6")) {
 if (wanted("3")) scenarios.push(["3. memory", 1, memoryScenario]);
 if (wanted("4")) scenarios.push(["4. CPU", 1, cpu]);
 if (wanted("5")) scenarios.push(["5. protocol offloading", 1, offload]);
+if (wanted("7")) scenarios.push(["7. fail fast", 1, failFast]);
 
 const started = performance.now();
 const machine = await describeMachine(env);

@@ -27,6 +27,11 @@ export interface LoadSpec {
   conns?: number;
   /** Streams start spread over this many seconds (gRPC runs only). */
   rampS?: number;
+  /**
+   * Time each request from send to final status, and count the gRPC
+   * statuses and retry pushbacks received (gRPC runs only).
+   */
+  requestLatency?: boolean;
 }
 
 /** Token latency, in microseconds. */
@@ -51,6 +56,17 @@ export interface LoadResult {
   latency_us?: Latency;
   client_cpu_s: number;
   client_cpu_pct: number;
+  // With `requestLatency`:
+  /** Every request that ended in the window, send to final status. */
+  request_latency_us?: Latency;
+  /** The failed ones alone. */
+  failed_latency_us?: Latency;
+  /** gRPC statuses received, by name ("OK", "UNAVAILABLE", ...). */
+  grpc_status?: Record<string, number>;
+  /** Failures that carried a `grpc-retry-pushback-ms`. */
+  pushback_seen?: number;
+  /** The grpc-message of the first failure in the window. */
+  first_failure_message?: string;
 }
 
 /** A run's result and the CPU seconds each watched process used. */
@@ -137,6 +153,7 @@ export function runGrpc(
       String(spec.conns ?? 1),
       "-ramp",
       `${spec.rampS ?? 0}s`,
+      ...(spec.requestLatency ? ["-request-latency"] : []),
       ...commonArgs(spec, prefix),
     ], { timeoutMs: toolTimeoutMs(spec) }));
 }

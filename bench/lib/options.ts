@@ -11,7 +11,7 @@ export interface Options {
   repetitions: number;
   soakSecs: number;
   outDir: string;
-  /** Scenario numbers to run ("1".."6"); all when null. */
+  /** Scenario numbers to run ("1".."7"); all when null. */
   only: Set<string> | null;
   /** Profile the sidecar's CPU in scenario 4 (default: when its target is missed). */
   profile: "auto" | "always" | "never";
@@ -33,6 +33,8 @@ export interface Durations {
   cpuS: number;
   /** How often RSS is sampled during the soak. */
   soakSampleS: number;
+  /** A refusal run of scenario 7, warm-up included. */
+  failFastS: number;
 }
 
 export const FULL: Durations = {
@@ -43,6 +45,7 @@ export const FULL: Durations = {
   holdS: 15,
   cpuS: 22,
   soakSampleS: 2,
+  failFastS: 10,
 };
 
 export const SMOKE: Durations = {
@@ -53,6 +56,7 @@ export const SMOKE: Durations = {
   holdS: 2,
   cpuS: 2,
   soakSampleS: 0.5,
+  failFastS: 2,
 };
 
 export const USAGE = `Usage: bash bench/run.sh [options]
@@ -64,7 +68,7 @@ scenario, prints a table and writes bench/results/latest.{json,md}.
   --smoke            every scenario for seconds, one repetition; no targets judged
   --reps N           repetitions per figure (default 3; 1 with --smoke)
   --soak-secs N      length of the memory soak (default 600; 5 with --smoke)
-  --only LIST        scenarios to run, e.g. --only 1,4 (default: all six)
+  --only LIST        scenarios to run, e.g. --only 1,4 (default: all seven)
   --profile MODE     sidecar CPU profile in scenario 4: auto (when its target
                      is missed), always or never (default auto)
   --out DIR          where results go (default bench/results)
@@ -101,8 +105,8 @@ export function parseOptions(args: string[], root: string): Options {
     else if (a === "--out") o.outDir = args[++i] ?? bad("--out needs a path");
     else if (a === "--only") {
       const list = (args[++i] ?? "").split(",").filter(Boolean);
-      if (!list.length || list.some((s) => !/^[1-6]$/.test(s))) {
-        bad(`--only takes scenario numbers 1 to 6, got ${args[i]}`);
+      if (!list.length || list.some((s) => !/^[1-7]$/.test(s))) {
+        bad(`--only takes scenario numbers 1 to 7, got ${args[i]}`);
       }
       o.only = new Set(list);
     } else if (a === "--profile") {

@@ -26,6 +26,12 @@ export interface StackOptions {
   v8Flags?: string[];
   /** Extra `deno run` flags, e.g. `--cpu-prof-dir=...`. */
   denoFlags?: string[];
+  /**
+   * Whether starting the sidecar waits for `/readyz` to answer 200 (the
+   * default). A sidecar with no worker never becomes ready: with false,
+   * the start waits only for its "cy-sidecar started" line.
+   */
+  waitReady?: boolean;
 }
 
 /** The V8 flags of the production launch (empty when it sets none). */
@@ -122,7 +128,10 @@ log_level = "info"
 `;
 }
 
-/** Starts a sidecar for `socket`; resolves once `/readyz` answers 200. */
+/**
+ * Starts a sidecar for `socket`; resolves once `/readyz` answers 200, or
+ * once it has started when `options.waitReady` is false.
+ */
 export async function startSidecar(
   env: Env,
   dir: string,
@@ -161,6 +170,9 @@ export async function startSidecar(
   );
   const metricsPort = String(started.metrics_addr).split(":").at(-1);
   const metricsUrl = `http://127.0.0.1:${metricsPort}`;
+  if (options.waitReady === false) {
+    return { proc, grpcAddr: started.grpc_addr, metricsUrl };
+  }
 
   const until = Date.now() + 30_000;
   for (;;) {

@@ -9,13 +9,14 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/url"
 	"sync"
 	"time"
 )
 
 // grpcCodes names the gRPC status codes, for the failure counts.
 var grpcCodes = map[string]string{
-	"1": "CANCELLED", "2": "UNKNOWN", "3": "INVALID_ARGUMENT",
+	"0": "OK", "1": "CANCELLED", "2": "UNKNOWN", "3": "INVALID_ARGUMENT",
 	"4": "DEADLINE_EXCEEDED", "5": "NOT_FOUND", "6": "ALREADY_EXISTS",
 	"7": "PERMISSION_DENIED", "8": "RESOURCE_EXHAUSTED",
 	"9": "FAILED_PRECONDITION", "10": "ABORTED", "11": "OUT_OF_RANGE",
@@ -28,6 +29,15 @@ func codeName(status string) string {
 		return name
 	}
 	return "status_" + status
+}
+
+// grpcMessage is a status's grpc-message, percent-decoded.
+func grpcMessage(md http.Header) string {
+	raw := md.Get("grpc-message")
+	if msg, err := url.PathUnescape(raw); err == nil {
+		return msg
+	}
+	return raw
 }
 
 // newClient is one HTTP/2 connection pool speaking h2c (prior knowledge),
@@ -70,7 +80,7 @@ func runGen(l load, addr string, conns int, ramp time.Duration) result {
 			client := clients[i%conns]
 			for ctx.Err() == nil && t.takeTicket(l) {
 				id := fmt.Sprintf("%s-%d-%d", l.prefix, i, t.started.Load())
-				generateOnce(ctx, client, url, id, l, t)
+				t.end(l, generateOnce(ctx, client, url, id, l, t))
 			}
 		}(i)
 	}
@@ -80,8 +90,23 @@ func runGen(l load, addr string, conns int, ramp time.Duration) result {
 	return t.result("grpc", l, cpu)
 }
 
+// ending is how one Generate call ended.
+type ending struct {
+	// kind is "ok", the failure's kind (a status code name, "transport",
+	// "read", ...), or "" when the run's end cut the call short.
+	kind string
+	// status is the grpc-status received ("" when none was); md holds it,
+	// with grpc-message and grpc-retry-pushback-ms: the trailers, or the
+	// headers of a trailers-only answer.
+	status string
+	md     http.Header
+	// sentNs is when the request was handed to the connection, endNs when
+	// its final status (or its failure) arrived; CLOCK_MONOTONIC ns.
+	sentNs, endNs int64
+}
+
 // generateOnce runs one Generate call to its end.
-func generateOnce(ctx context.Context, client *http.Client, url, id string, l load, t *tally) {
+func generateOnce(ctx context.Context, client *http.Client, url, id string, l load, t *tally) ending {
 	frame := generateRequest(id, l.session, l.prompt, l.maxTokens)
 	req, err := http.NewRequestWithContext(ctx, "POST", url, bytes.NewReader(frame))
 	if err != nil {
@@ -90,22 +115,29 @@ func generateOnce(ctx context.Context, client *http.Client, url, id string, l lo
 	req.Header.Set("content-type", "application/grpc")
 	req.Header.Set("te", "trailers")
 
+	e := ending{sentNs: monoNs()}
+	// failed ends the call as a failure of `kind`, unless the run's end
+	// caused it.
+	failed := func(kind string) ending {
+		e.endNs = monoNs()
+		if ctx.Err() == nil {
+			e.kind = kind
+		}
+		return e
+	}
+
 	resp, err := client.Do(req)
 	if err != nil {
-		if ctx.Err() == nil {
-			t.fail("transport")
-		}
-		return
+		return failed("transport")
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
-		t.fail(fmt.Sprintf("http_%d", resp.StatusCode))
-		return
+		return failed(fmt.Sprintf("http_%d", resp.StatusCode))
 	}
 	// A trailers-only answer carries its status in the headers.
 	if s := resp.Header.Get("grpc-status"); s != "" && s != "0" {
-		t.fail(codeName(s))
-		return
+		e.status, e.md = s, resp.Header
+		return failed(codeName(s))
 	}
 
 	body := bufio.NewReaderSize(resp.Body, 16<<10)
@@ -122,26 +154,21 @@ func generateOnce(ctx context.Context, client *http.Client, url, id string, l lo
 			if errors.Is(err, io.EOF) {
 				break
 			}
-			if ctx.Err() == nil {
-				t.fail("read")
-			}
-			return
+			return failed("read")
 		}
 		n := int(binary.BigEndian.Uint32(header[1:]))
 		if n > len(buf) {
 			buf = make([]byte, n)
 		}
 		if _, err := io.ReadFull(body, buf[:n]); err != nil {
-			if ctx.Err() == nil {
-				t.fail("read")
-			}
-			return
+			return failed("read")
 		}
 		now := monoNs()
 		ev, err := decodeEvent(buf[:n])
 		if err != nil {
-			t.fail("decode")
-			return
+			// Not the run's end: a message that does not decode is a failure.
+			e.endNs, e.kind = now, "decode"
+			return e
 		}
 		if ev.kind != "chunk" || !t.inWindow(now) {
 			continue
@@ -155,15 +182,19 @@ func generateOnce(ctx context.Context, client *http.Client, url, id string, l lo
 		}
 	}
 
-	status := resp.Trailer.Get("grpc-status")
-	switch {
-	case status == "0":
-		if t.inWindow(monoNs()) {
-			t.ok.Add(1)
-		}
-	case status == "":
-		t.fail("no_status")
-	default:
-		t.fail(codeName(status))
+	e.endNs = monoNs()
+	e.status, e.md = resp.Trailer.Get("grpc-status"), resp.Trailer
+	if e.status == "" && resp.Header.Get("grpc-status") == "0" {
+		// A trailers-only OK.
+		e.status, e.md = "0", resp.Header
 	}
+	switch e.status {
+	case "0":
+		e.kind = "ok"
+	case "":
+		e.kind = "no_status"
+	default:
+		e.kind = codeName(e.status)
+	}
+	return e
 }

@@ -5,8 +5,10 @@
 //	cyload billing -listen HOST:PORT    a billing endpoint that accepts everything
 //
 // gen and floor print one JSON object (counts, rates, token latency when
-// -stamp is given, and their own CPU) on stdout. Every run is bounded in
-// time (-duration) and in count (-max-requests).
+// -stamp is given, and their own CPU) on stdout; gen with -request-latency
+// adds each request's latency to its final status, the gRPC statuses
+// received and how many failures carried a retry pushback. Every run is
+// bounded in time (-duration) and in count (-max-requests).
 package main
 
 import (
@@ -30,9 +32,12 @@ func main() {
 		conns := fs.Int("conns", 1, "HTTP/2 connections")
 		ramp := fs.Duration("ramp", 0, "start the streams spread over this long")
 		maxTokens := fs.Uint("max-tokens", 0, "sampling.max_tokens (0: the worker's choice)")
+		reqLat := fs.Bool("request-latency", false,
+			"time each request from send to final status; count gRPC statuses and retry pushbacks")
 		l := loadFlags(fs)
 		fs.Parse(os.Args[2:])
 		l.maxTokens = uint32(*maxTokens)
+		l.requestLatency = *reqLat
 		out = runGen(*l, *addr, max(*conns, 1), *ramp)
 	case "floor":
 		socket := fs.String("socket", "/tmp/cy_worker.sock", "worker socket")

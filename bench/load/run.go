@@ -2,6 +2,7 @@ package main
 
 import (
 	"sort"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -21,6 +22,9 @@ type load struct {
 	session     string
 	prefix      string
 	stamp       bool
+	// requestLatency times every request from send to final status, and
+	// counts the gRPC statuses and retry pushbacks received (gen only).
+	requestLatency bool
 }
 
 // tally is what a run counts, shared by its goroutines.
@@ -34,6 +38,14 @@ type tally struct {
 	mu          sync.Mutex
 	failed      map[string]int64
 	lat         recorder
+	// With requestLatency: every finished request's latency, the failed
+	// ones' alone, the gRPC statuses received (by name), how many failures
+	// carried grpc-retry-pushback-ms, and the first failure's grpc-message.
+	reqLat       recorder
+	failLat      recorder
+	statuses     map[string]int64
+	pushbackSeen int64
+	firstMessage string
 }
 
 func newTally(l load, startNs int64) *tally {
@@ -41,6 +53,7 @@ func newTally(l load, startNs int64) *tally {
 		windowStart: startNs + l.warmup.Nanoseconds(),
 		windowEnd:   startNs + l.duration.Nanoseconds(),
 		failed:      map[string]int64{},
+		statuses:    map[string]int64{},
 	}
 }
 
@@ -56,6 +69,43 @@ func (t *tally) fail(kind string) {
 	t.mu.Lock()
 	t.failed[kind]++
 	t.mu.Unlock()
+}
+
+// end counts how one gRPC request ended, if it ended inside the window.
+func (t *tally) end(l load, e ending) {
+	if e.kind == "" || !t.inWindow(e.endNs) {
+		return
+	}
+	failed := e.kind != "ok"
+	if failed {
+		t.mu.Lock()
+		t.failed[e.kind]++
+		t.mu.Unlock()
+	} else {
+		t.ok.Add(1)
+	}
+	if !l.requestLatency {
+		return
+	}
+	lat := []int64{e.endNs - e.sentNs}
+	t.reqLat.add(lat)
+	if failed {
+		t.failLat.add(lat)
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if e.status != "" {
+		t.statuses[codeName(e.status)]++
+	}
+	if !failed {
+		return
+	}
+	if _, err := strconv.ParseUint(e.md.Get("grpc-retry-pushback-ms"), 10, 63); err == nil {
+		t.pushbackSeen++
+	}
+	if t.firstMessage == "" {
+		t.firstMessage = grpcMessage(e.md)
+	}
 }
 
 // result is what a run prints, as one JSON object.
@@ -74,6 +124,12 @@ type result struct {
 	ClientCPUS   float64          `json:"client_cpu_s"`
 	ClientCPUPct float64          `json:"client_cpu_pct"`
 	FailedTop    []string         `json:"failed_kinds"`
+	// With -request-latency (gen only).
+	RequestLatency *latency         `json:"request_latency_us,omitempty"`
+	FailedLatency  *latency         `json:"failed_latency_us,omitempty"`
+	GRPCStatus     map[string]int64 `json:"grpc_status,omitempty"`
+	PushbackSeen   *int64           `json:"pushback_seen,omitempty"`
+	FirstMessage   string           `json:"first_failure_message,omitempty"`
 }
 
 func (t *tally) result(mode string, l load, cpuS float64) result {
@@ -97,6 +153,13 @@ func (t *tally) result(mode string, l load, cpuS float64) result {
 		r.FailedTop = append(r.FailedTop, k)
 	}
 	sort.Strings(r.FailedTop)
+	if l.requestLatency {
+		r.RequestLatency = t.reqLat.summary()
+		r.FailedLatency = t.failLat.summary()
+		r.GRPCStatus = t.statuses
+		r.PushbackSeen = &t.pushbackSeen
+		r.FirstMessage = t.firstMessage
+	}
 	return r
 }
 
