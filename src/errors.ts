@@ -58,7 +58,12 @@ export const ERROR_STATUS: Readonly<Record<ErrorKind, Mapping>> = {
   shutting_down: { grpc: GrpcCode.UNAVAILABLE, http: 503 },
 };
 
-/** Worker `error` codes (docs/worker-protocol.md) and their gRPC status. */
+/**
+ * Worker `error` codes (docs/worker-protocol.md) and their gRPC status.
+ * Look codes up with {@link workerCodeStatus}: a code is the worker's
+ * free-form string, and a plain lookup would find `constructor` or
+ * `__proto__` on the object's prototype.
+ */
 export const WORKER_CODES: Readonly<Record<string, number>> = {
   invalid_argument: GrpcCode.INVALID_ARGUMENT,
   model_mismatch: GrpcCode.FAILED_PRECONDITION,
@@ -68,6 +73,13 @@ export const WORKER_CODES: Readonly<Record<string, number>> = {
   deadline_exceeded: GrpcCode.DEADLINE_EXCEEDED,
   internal: GrpcCode.INTERNAL,
 };
+
+/** The gRPC status for a worker `error` code; INTERNAL for any unknown code. */
+export function workerCodeStatus(code: string): number {
+  return Object.hasOwn(WORKER_CODES, code)
+    ? WORKER_CODES[code]
+    : GrpcCode.INTERNAL;
+}
 
 /** Options of {@link SidecarError}. */
 export interface SidecarErrorOptions {
@@ -99,7 +111,7 @@ export class SidecarError extends Error {
   /** The gRPC status code for this error. */
   get grpcCode(): number {
     if (this.kind === "worker_error" && this.workerCode !== undefined) {
-      return WORKER_CODES[this.workerCode] ?? GrpcCode.INTERNAL;
+      return workerCodeStatus(this.workerCode);
     }
     return ERROR_STATUS[this.kind].grpc;
   }

@@ -272,7 +272,14 @@ class Connection(asyncio.Protocol):
         self.write(pack_length(len(payload)) + payload)
 
     def _on_error(self, message: dict) -> None:
+        # The sidecar found something wrong in what this worker sent and is
+        # closing the connection: a bug to look into, not a crash of either
+        # side. Its generations are cancelled; other connections go on.
         logger.warning(
-            "sidecar reported an error code=%s message=%s", message["code"], message["message"]
+            "sidecar is closing the connection: it reports a protocol error "
+            "in what this worker sent: code=%s message=%s; cancelling %d generation(s)",
+            message["code"],
+            message["message"],
+            len(self.generations),
         )
         self.close()

@@ -78,7 +78,7 @@ _OPTIONAL_ID = (False, _is_id, "a string of 1..128 characters")
 _STATE = (True, lambda v: v in STATES, "one of ready, reloading, draining")
 _OPTIONAL_ETA = (False, _int_at_least(0), "an integer >= 0")
 _COUNT = (True, _int_at_least(0), "an integer >= 0")
-_SEQ = (True, _is_int, "an integer")
+_SEQ = (True, _int_at_least(0), "an integer >= 0")
 
 
 def _check_members(message: dict, members: Members, prefix: str = "") -> Optional[str]:

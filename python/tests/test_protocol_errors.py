@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 
 import pytest
 from fake_sidecar import FakeSidecar, run, serving
@@ -76,3 +77,46 @@ def test_an_error_from_the_sidecar_closes_the_connection(sock_path):
             assert worker.in_flight == 0
 
     run(body())
+
+
+async def endless_or_short(req):
+    count = 3 if req.prompt == "short" else 1 << 30
+    for i in range(count):
+        await asyncio.sleep(0.001)
+        yield f"t{i}", [i]
+
+
+def test_an_error_from_the_sidecar_is_logged_as_a_warning_not_a_crash(sock_path, caplog):
+    reason = 'worker sent a frame for "x", which is not in flight'
+
+    async def body():
+        async with serving(endless_or_short, sock_path) as worker:
+            told = await FakeSidecar.open(sock_path)
+            other = await FakeSidecar.open(sock_path)
+            told.generate("a", prompt="endless", credit=1)
+            await told.recv()
+            assert worker.in_flight == 1
+
+            with caplog.at_level(logging.DEBUG, logger="cy_worker"):
+                told.send({"type": "error", "code": "protocol", "message": reason})
+                await told.expect_closed()
+                for _ in range(200):
+                    if worker.in_flight == 0:
+                        break
+                    await asyncio.sleep(0.005)
+            assert worker.in_flight == 0
+
+            # Only that connection ended: the worker still serves the others.
+            other.generate("b", prompt="short")
+            chunks, done = await other.until_end("b")
+            assert len(chunks) == 3 and done["type"] == "done"
+            await other.close()
+
+    run(body())
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1, [r.getMessage() for r in caplog.records]
+    text = warnings[0].getMessage()
+    assert "sidecar is closing the connection" in text
+    assert "protocol error" in text and "code=protocol" in text
+    assert reason in text and "cancelling 1 generation" in text
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]

@@ -17,6 +17,7 @@ import { backoffDelayMs } from "./backoff.ts";
 import {
   type CloseKind,
   type ConnectOptions,
+  FrameTooLargeError,
   WorkerConnection,
   WorkerConnectionError,
 } from "./connection.ts";
@@ -54,7 +55,10 @@ export interface WorkerClientOptions {
   queueTimeoutMs: number;
   /** Held requests wait at most the reload ETA plus this. */
   reloadGraceMs: number;
-  /** Absolute cap on holding a request during a reload. */
+  /**
+   * Cap on holding one request during a reload, counted from when it was
+   * first held; a worker announcing new ETAs cannot move it.
+   */
   maxHoldMs: number;
   maxHeldRequests: number;
   /** Announced in the handshake. */
@@ -82,8 +86,19 @@ const SWEEP_INTERVAL_MS = 250;
 const RELOAD_POLL_MS = 250;
 
 // Ids of generations given up on while cancelling; a late frame for one of
-// these is dropped rather than treated as a protocol error.
+// these is dropped rather than treated as a protocol error. The bound keeps
+// a worker that never ends its cancelled generations from growing the set;
+// a frame for an id older than the last 1024 is a protocol error again.
 const FORGOTTEN_IDS_KEPT = 1024;
+
+// Pushback for requests refused or failed because the sidecar is shutting
+// down: the gateway should go to another instance, which it can do at once;
+// one second lets its endpoint list drop this pod first.
+const SHUTDOWN_RETRY_MS = 1000;
+
+// At shutdown, the `cancel` frames for what is still running get this long
+// to reach the worker before the connection is closed.
+const STOP_FLUSH_MS = 500;
 
 /** Connects to the worker and carries generations to it. */
 export class WorkerClient {
@@ -163,9 +178,9 @@ export class WorkerClient {
     if (s.state === "ready" && this.#active.size < s.info.maxConcurrency) {
       this.#dispatch(ex);
     } else if (s.state === "reloading") {
-      ex.waitUntil = s.holdUntil;
       this.#waiting.push(ex);
       this.#announceHold(ex, s);
+      ex.waitUntil = this.#holdDeadline(ex, s);
     } else {
       ex.waitUntil = this.#clock.now() + this.#o.queueTimeoutMs;
       this.#waiting.push(ex);
@@ -173,14 +188,26 @@ export class WorkerClient {
     return { ok: true, handle: this.#handle(ex) };
   }
 
-  /** Fails everything still running, closes the connection, stops timers. */
-  stop(): void {
+  /**
+   * Fails everything still running or waiting (UNAVAILABLE with a retry
+   * hint), tells the worker to cancel what it was running, and stops the
+   * timers. The connection closes once those `cancel` frames are written,
+   * after at most 500 ms; the promise resolves then.
+   */
+  async stop(): Promise<void> {
     this.#draining = true;
+    const conn = this.#conn;
+    // From here on, nothing the worker sends is routed anywhere.
+    this.#conn = null;
     const err = () =>
-      new SidecarError("shutting_down", "sidecar is shutting down");
+      new SidecarError(
+        "shutting_down",
+        "sidecar is shutting down; retry on another instance",
+        { retryAfterMs: SHUTDOWN_RETRY_MS },
+      );
     for (const ex of [...this.#active.values()]) {
       if (ex.phase === "active") {
-        this.#conn?.send({
+        conn?.send({
           type: "cancel",
           id: ex.request.id,
           reason: "shutdown",
@@ -205,8 +232,7 @@ export class WorkerClient {
       if (t !== null) this.#clock.clearTimeout(t);
     }
     this.#setState({ state: "stopped", since: this.#clock.now() });
-    this.#conn?.close();
-    this.#conn = null;
+    await conn?.closeAfterFlush(STOP_FLUSH_MS);
   }
 
   // ---- admission ----
@@ -216,9 +242,7 @@ export class WorkerClient {
       return new SidecarError(
         "shutting_down",
         "sidecar is shutting down; retry on another instance",
-        {
-          retryAfterMs: 1000,
-        },
+        { retryAfterMs: SHUTDOWN_RETRY_MS },
       );
     }
     if (
@@ -228,6 +252,16 @@ export class WorkerClient {
       return new SidecarError(
         "duplicate_request",
         `request_id ${JSON.stringify(request.id)} is already in flight`,
+      );
+    }
+    if (this.#forgotten.has(request.id)) {
+      // The worker never ended the cancelled generation of that id; a new
+      // generate with it would be a duplicate id on the worker's side.
+      return new SidecarError(
+        "duplicate_request",
+        `request_id ${
+          JSON.stringify(request.id)
+        } was cancelled and the worker has not ended it yet`,
       );
     }
 
@@ -325,8 +359,9 @@ export class WorkerClient {
         credit: this.#o.streamCreditChunks,
       });
     } catch (err) {
+      if (!(err instanceof FrameTooLargeError)) throw err;
       ex.phase = "ended";
-      ex.sink.fail(new SidecarError("invalid_request", (err as Error).message));
+      ex.sink.fail(tooLargeForWorker(req, err));
       return;
     }
 
@@ -360,12 +395,24 @@ export class WorkerClient {
   ): void {
     if (ex.held) return;
     ex.held = true;
+    ex.heldSince = this.#clock.now();
     const eta = Math.max(0, s.etaMs - (this.#clock.now() - s.since));
     ex.sink.system(
       "reloading",
       `[System] Loading new model, ETA ${Math.ceil(eta / 1000)}s...`,
       Math.round(eta),
     );
+  }
+
+  /**
+   * When a held request gives up: the reload's ETA plus grace, as last
+   * announced, but never later than max_hold after the request was held.
+   */
+  #holdDeadline(
+    ex: Exchange,
+    s: Extract<WorkerState, { state: "reloading" }>,
+  ): number {
+    return Math.min(s.holdUntil, ex.heldSince + this.#o.maxHoldMs);
   }
 
   #handle(ex: Exchange): GenerationHandle {
@@ -411,6 +458,9 @@ export class WorkerClient {
   // ---- frames from the worker ----
 
   #onMessage(conn: WorkerConnection, msg: WorkerMessage): void {
+    // A connection being closed (at shutdown, while its last frames are
+    // written) may still deliver what it had read: nothing routes it.
+    if (conn !== this.#conn) return;
     switch (msg.type) {
       case "chunk": {
         const ex = this.#exchangeFor(conn, msg.id);
@@ -433,16 +483,23 @@ export class WorkerClient {
       case "done":
       case "error": {
         if (msg.type === "error" && msg.id === undefined) {
+          // The worker found the problem and is closing: no `error` back.
           conn.close(
             new WorkerConnectionError(
               "protocol",
               `worker reported ${msg.code}: ${msg.message}`,
+              { notifyWorker: false },
             ),
           );
           return;
         }
         const ex = this.#exchangeFor(conn, msg.id!);
-        if (!ex) return;
+        if (!ex) {
+          // The worker ended a generation whose slot was freed already:
+          // its id may be used again.
+          this.#forgotten.delete(msg.id!);
+          return;
+        }
         const wasActive = ex.phase === "active";
         this.#end(ex);
         if (wasActive) {
@@ -552,8 +609,8 @@ export class WorkerClient {
     };
     this.#setState(next);
     for (const ex of this.#waiting) {
-      ex.waitUntil = next.holdUntil;
       this.#announceHold(ex, next);
+      ex.waitUntil = this.#holdDeadline(ex, next);
     }
   }
 
@@ -580,6 +637,7 @@ export class WorkerClient {
         heartbeatIntervalMs: this.#o.checkIntervalMs,
         handshakeTimeoutMs: this.#o.handshakeTimeoutMs,
         agent: this.#o.agent,
+        clock: this.#clock,
       });
     } catch (err) {
       if (this.#state.state === "stopped") return;
@@ -590,7 +648,10 @@ export class WorkerClient {
           String((err as Error)?.message ?? err),
         );
       this.#o.onConnectionError?.(e.kind);
-      this.#log.debug("worker connect failed", {
+      // A socket nobody listens on is the normal sight while the worker
+      // restarts; a worker that accepts and then fails the handshake is not.
+      const level = e.kind === "refused" ? "debug" : "warn";
+      this.#log[level]("worker connect failed", {
         error: e.message,
         kind: e.kind,
         attempt,
@@ -632,6 +693,8 @@ export class WorkerClient {
   #onClose(conn: WorkerConnection, err: WorkerConnectionError): void {
     if (conn !== this.#conn) return;
     this.#conn = null;
+    // Late frames can only come on the connection that is gone.
+    this.#forgotten.clear();
     if (this.#pongTimer !== null) this.#clock.clearTimeout(this.#pongTimer);
     if (this.#pingTimer !== null) this.#clock.clearTimeout(this.#pingTimer);
     this.#pongTimer = this.#pingTimer = null;
@@ -793,25 +856,15 @@ export class WorkerClient {
       for (const ex of expired) {
         ex.phase = "ended";
         ex.sink.fail(
-          ex.held
-            ? new SidecarError(
-              "worker_unavailable",
-              `Worker reload is taking longer than announced, please ${
-                retryHint(this.#o.reloadGraceMs)
-              }`,
-              {
-                retryAfterMs: this.#o.reloadGraceMs,
-              },
-            )
-            : new SidecarError(
-              "worker_overloaded",
-              `no worker slot became free within ${this.#o.queueTimeoutMs} ms, please ${
-                retryHint(1000)
-              }`,
-              {
-                retryAfterMs: 1000,
-              },
-            ),
+          ex.held ? this.#holdOver(ex) : new SidecarError(
+            "worker_overloaded",
+            `no worker slot became free within ${this.#o.queueTimeoutMs} ms, please ${
+              retryHint(1000)
+            }`,
+            {
+              retryAfterMs: 1000,
+            },
+          ),
         );
       }
     }
@@ -855,6 +908,23 @@ export class WorkerClient {
     this.#pump();
   }
 
+  /** The failure of a held request whose hold ran out. */
+  #holdOver(ex: Exchange): SidecarError {
+    const retryAfterMs = this.#o.reloadGraceMs;
+    const capped = ex.waitUntil >= ex.heldSince + this.#o.maxHoldMs;
+    return new SidecarError(
+      "worker_unavailable",
+      capped
+        ? `Worker is still reloading after holding this request for ${
+          Math.round(this.#o.maxHoldMs / 1000)
+        }s (health.max_hold_secs), please ${retryHint(retryAfterMs)}`
+        : `Worker reload is taking longer than announced, please ${
+          retryHint(retryAfterMs)
+        }`,
+      { retryAfterMs },
+    );
+  }
+
   #forget(id: string): void {
     this.#forgotten.add(id);
     if (this.#forgotten.size > FORGOTTEN_IDS_KEPT) {
@@ -868,4 +938,25 @@ function partition<T>(items: T[], pred: (t: T) => boolean): [T[], T[]] {
   const no: T[] = [];
   for (const t of items) (pred(t) ? yes : no).push(t);
   return [yes, no];
+}
+
+/** INVALID_ARGUMENT for a request whose generate frame the worker cannot take. */
+function tooLargeForWorker(
+  req: GenerationRequest,
+  err: FrameTooLargeError,
+): SidecarError {
+  const bytes = (v: unknown) =>
+    new TextEncoder().encode(JSON.stringify(v)).length;
+  // Name the member that makes the frame large: almost always the text.
+  const [field, size] = req.messages !== undefined
+    ? ["messages", bytes(req.messages)]
+    : ["prompt", new TextEncoder().encode(req.prompt ?? "").length];
+  const stop = req.sampling.stop ? bytes(req.sampling.stop) : 0;
+  const [name, fieldBytes] = stop > size
+    ? ["sampling.stop", stop]
+    : [field, size];
+  return new SidecarError(
+    "invalid_request",
+    `${name}: ${fieldBytes} bytes is too large for the worker: the generate frame would be ${err.frameBytes} bytes, over the worker's max_frame_bytes of ${err.maxFrameBytes}`,
+  );
 }

@@ -3,6 +3,7 @@ import { ScriptedWorker } from "../../tests/helpers/scripted_worker.ts";
 import type { SidecarError } from "../errors.ts";
 import { FakeClock } from "../util/clock.ts";
 import { WorkerClient, type WorkerClientOptions } from "./client.ts";
+import type { WorkerState } from "./state.ts";
 import type {
   GenerationRequest,
   GenerationSink,
@@ -428,6 +429,385 @@ Deno.test("a request for another model fails with model_mismatch", async () => {
     const e = await sink.until(isError);
     ok(isError(e));
     equal(e.error.grpcCode, 9);
+  } finally {
+    client.stop();
+    worker.close();
+  }
+});
+
+/** Polls `cond` in real time (the socket side is real even with a fake clock). */
+async function eventually(
+  what: string,
+  cond: () => boolean,
+  timeoutMs = 3000,
+): Promise<void> {
+  const end = Date.now() + timeoutMs;
+  while (!cond()) {
+    if (Date.now() > end) throw new Error(`timed out waiting until ${what}`);
+    await new Promise((r) => setTimeout(r, 5));
+  }
+}
+
+Deno.test("a worker that accepts the connection but never answers hello fails the handshake at the timeout, and is retried", async () => {
+  const clock = new FakeClock();
+  const kinds: string[] = [];
+  const { worker, client, peer } = await setup({
+    clock,
+    handshakeTimeoutMs: 1000,
+    onConnectionError: (kind) => kinds.push(kind),
+  });
+  try {
+    await peer.expect("hello");
+    clock.advance(999);
+    await new Promise((r) => setTimeout(r, 20));
+    equal(client.state.state, "connecting");
+
+    clock.advance(1);
+    await eventually(
+      "the handshake fails",
+      () => client.state.state === "disconnected",
+    );
+    deepStrictEqual(kinds, ["handshake"]);
+    const s = client.state as WorkerState;
+    if (s.state !== "disconnected") throw new Error(`state is ${s.state}`);
+    match(s.lastError, /did not answer hello within 1000 ms/);
+    // The worker is told by end-of-file that the sidecar gave up.
+    await peer.waitClosed();
+
+    // The first retry comes exactly reconnect_delay later.
+    clock.advance(49);
+    await new Promise((r) => setTimeout(r, 20));
+    equal(worker.accepted, 1);
+    clock.advance(1);
+    const second = await worker.peer(1);
+    await second.handshake();
+    await ready(client);
+  } finally {
+    client.stop();
+    worker.close();
+  }
+});
+
+Deno.test("a worker that sends something else than welcome first is told why before the connection closes", async () => {
+  const { worker, client, peer } = await setup();
+  try {
+    await peer.expect("hello");
+    await peer.send({ type: "pong", seq: 1 });
+    const err = await peer.expect("error");
+    equal(err.code, "protocol");
+    match(err.message, /expected "welcome" as the first frame, got "pong"/);
+    ok(!("id" in err));
+    await peer.waitClosed();
+  } finally {
+    client.stop();
+    worker.close();
+  }
+});
+
+for (
+  const [what, frame, expected] of [
+    [
+      "a frame for an id not in flight",
+      { type: "chunk", id: "ghost", text: "x", token_ids: [1] },
+      /"ghost", which is not in flight/,
+    ],
+    [
+      "a second welcome",
+      {
+        type: "welcome",
+        version: 1,
+        worker: "w",
+        model_id: "m",
+        max_concurrency: 1,
+        max_frame_bytes: 1 << 20,
+        state: "ready",
+      },
+      /unexpected second welcome/,
+    ],
+    [
+      "a malformed frame",
+      { type: "chunk", id: "a", text: 5, token_ids: [] },
+      /"text" must be a string/,
+    ],
+  ] as const
+) {
+  Deno.test(`${what} is reported to the worker in an error frame, then the connection closes`, async () => {
+    const { worker, client, peer } = await setup();
+    try {
+      await peer.handshake();
+      await ready(client);
+      await peer.send(frame);
+
+      const err = await peer.expect("error");
+      equal(err.code, "protocol");
+      match(err.message, expected);
+      ok(!("id" in err));
+      await peer.waitClosed();
+    } finally {
+      client.stop();
+      worker.close();
+    }
+  });
+}
+
+Deno.test("an oversized frame header is reported to the worker in an error frame", async () => {
+  const { worker, client, peer } = await setup({ maxFrameBytes: 1024 });
+  try {
+    await peer.handshake();
+    await ready(client);
+    await peer.raw(new Uint8Array([0x7f, 0xff, 0xff, 0xff]));
+
+    const err = await peer.expect("error");
+    equal(err.code, "protocol");
+    match(err.message, /exceeds max_frame_bytes 1024/);
+    await peer.waitClosed();
+  } finally {
+    client.stop();
+    worker.close();
+  }
+});
+
+Deno.test("a connection-level error from the worker is not answered with an error frame", async () => {
+  const kinds: string[] = [];
+  const { worker, client, peer } = await setup({
+    onConnectionError: (kind) => kinds.push(kind),
+  });
+  try {
+    await peer.handshake();
+    await ready(client);
+    await peer.send({ type: "error", code: "internal", message: "going" });
+
+    await peer.waitClosed();
+    deepStrictEqual(kinds, ["protocol"]);
+    ok(!peer.received.some((m) => m.type === "error"), "no error frame back");
+  } finally {
+    client.stop();
+    worker.close();
+  }
+});
+
+Deno.test("stop() cancels what runs on the worker with reason shutdown before closing, and fails it with a retry hint", async () => {
+  const { worker, client, peer } = await setup();
+  try {
+    await peer.handshake();
+    await ready(client);
+    const sink = new Recorder();
+    ok(client.submit(request("a"), sink).ok);
+    const waiting = new Recorder();
+    ok(client.submit(request("b"), new Recorder()).ok);
+    await peer.expect("generate");
+    await peer.expect("generate");
+    await peer.send({ type: "status", state: "reloading", eta_ms: 1000 });
+    await eventually("reloading", () => client.state.state === "reloading");
+    ok(client.submit(request("c"), waiting).ok);
+
+    await client.stop();
+
+    const cancels = [await peer.expect("cancel"), await peer.expect("cancel")];
+    deepStrictEqual(cancels.map((c) => [c.id, c.reason]).sort(), [
+      ["a", "shutdown"],
+      ["b", "shutdown"],
+    ]);
+    await peer.waitClosed();
+    for (const r of [sink, waiting]) {
+      const e = r.events.find(isError);
+      ok(e, `failed: ${JSON.stringify(r.events)}`);
+      equal(e.error.kind, "shutting_down");
+      equal(e.error.grpcCode, 14);
+      ok(e.error.retryAfterMs! > 0, "a retry pushback");
+    }
+    equal(client.state.state, "stopped");
+  } finally {
+    client.stop();
+    worker.close();
+  }
+});
+
+Deno.test("a generate larger than the worker's max_frame_bytes fails with INVALID_ARGUMENT naming the field and both sizes", async () => {
+  const { worker, client, peer } = await setup();
+  try {
+    await peer.handshake({ max_frame_bytes: 1024 });
+    await ready(client);
+
+    const prompt = new Recorder();
+    ok(client.submit(request("p", { prompt: "x".repeat(2000) }), prompt).ok);
+    const chat = new Recorder();
+    ok(
+      client.submit(
+        request("m", {
+          prompt: undefined,
+          messages: [{ role: "user", content: "é".repeat(1000) }],
+        }),
+        chat,
+      ).ok,
+    );
+
+    const p = prompt.events.find(isError);
+    ok(p);
+    equal(p.error.grpcCode, 3);
+    match(
+      p.error.message,
+      /^prompt: 2000 bytes is too large for the worker: the generate frame would be \d+ bytes, over the worker's max_frame_bytes of 1024$/,
+    );
+    const m = chat.events.find(isError);
+    ok(m);
+    equal(m.error.grpcCode, 3);
+    match(m.error.message, /^messages: 2\d\d\d bytes is too large/);
+
+    // Nothing reached the worker, and the connection is fine.
+    equal(client.inFlight, 0);
+    const ok2 = new Recorder();
+    ok(client.submit(request("small"), ok2).ok);
+    equal((await peer.expect("generate")).id, "small");
+    ok(!peer.received.some((x) => x.type === "generate" && x.id !== "small"));
+  } finally {
+    client.stop();
+    worker.close();
+  }
+});
+
+Deno.test("a request waiting for a slot fails with RESOURCE_EXHAUSTED and a pushback after queue_timeout", async () => {
+  const clock = new FakeClock();
+  const { worker, client, peer } = await setup({
+    clock,
+    queueTimeoutMs: 2000,
+  });
+  try {
+    await peer.handshake({ max_concurrency: 1 });
+    await ready(client);
+    ok(client.submit(request("a"), new Recorder()).ok);
+    const queued = new Recorder();
+    ok(client.submit(request("b"), queued).ok);
+    await peer.expect("generate");
+    equal(client.waiting, 1);
+
+    clock.advance(1750);
+    equal(queued.events.length, 0);
+    clock.advance(500);
+
+    const e = queued.events.find(isError);
+    ok(e);
+    equal(e.error.kind, "worker_overloaded");
+    equal(e.error.grpcCode, 8);
+    ok(e.error.retryAfterMs! > 0);
+    match(e.error.message, /no worker slot became free within 2000 ms/);
+    equal(client.waiting, 0);
+  } finally {
+    client.stop();
+    worker.close();
+  }
+});
+
+Deno.test("during a reload, requests beyond max_held_requests are refused at once with UNAVAILABLE and a pushback", async () => {
+  const { worker, client, peer } = await setup({ maxHeldRequests: 2 });
+  try {
+    await peer.handshake();
+    await ready(client);
+    await peer.send({ type: "status", state: "reloading", eta_ms: 30_000 });
+    await eventually("reloading", () => client.state.state === "reloading");
+
+    ok(client.submit(request("a"), new Recorder()).ok);
+    ok(client.submit(request("b"), new Recorder()).ok);
+    const third = client.submit(request("c"), new Recorder());
+
+    ok(!third.ok);
+    equal(third.error.kind, "worker_unavailable");
+    equal(third.error.grpcCode, 14);
+    match(third.error.message, /2 requests are already held/);
+    ok(third.error.retryAfterMs! > 0);
+    equal(client.waiting, 2);
+  } finally {
+    client.stop();
+    worker.close();
+  }
+});
+
+Deno.test("a held request gives up max_hold after it was held, however often the worker re-announces its reload", async () => {
+  const clock = new FakeClock();
+  const { worker, client, peer } = await setup({
+    clock,
+    reloadGraceMs: 1000,
+    maxHoldMs: 10_000,
+  });
+  const announce = async (at: number) => {
+    await peer.send({ type: "status", state: "reloading", eta_ms: 5000 });
+    await eventually(
+      `the reload announced at ${at}`,
+      () => client.state.state === "reloading" && client.state.since === at,
+    );
+  };
+  try {
+    await peer.handshake();
+    await ready(client);
+    await announce(0);
+    const first = new Recorder();
+    ok(client.submit(request("a"), first).ok);
+
+    // The worker keeps moving its ETA: each announcement alone would hold
+    // "a" until 5 s + 1 s after it.
+    clock.advance(4000);
+    await announce(4000);
+    clock.advance(4000);
+    await announce(8000);
+    const second = new Recorder();
+    ok(client.submit(request("b"), second).ok);
+
+    clock.advance(1750); // t = 9750
+    ok(!first.events.some(isError), "a is still held");
+    clock.advance(500); // t = 10250: past a's 10 s cap
+    const a = first.events.find(isError);
+    ok(a, "a failed at its cap");
+    equal(a.error.grpcCode, 14);
+    match(a.error.message, /after holding this request for 10s/);
+    ok(a.error.retryAfterMs! > 0);
+    ok(!second.events.some(isError), "b, held later, still waits");
+
+    clock.advance(3750); // t = 14000: b's ETA + grace from the last announcement
+    const b = second.events.find(isError);
+    ok(b, "b failed once the announced ETA and grace passed");
+    match(b.error.message, /taking longer than announced/);
+  } finally {
+    client.stop();
+    worker.close();
+  }
+});
+
+Deno.test("late frames for a cancelled generation whose slot was freed are dropped, and its id is refused until the worker ends it", async () => {
+  const clock = new FakeClock();
+  const { worker, client, peer } = await setup({
+    clock,
+    requestIdleTimeoutMs: 1000,
+  });
+  try {
+    await peer.handshake();
+    await ready(client);
+    const r = client.submit(request("a"), new Recorder());
+    ok(r.ok);
+    await peer.expect("generate");
+    r.handle.cancel("client_cancelled");
+    await peer.expect("cancel");
+    clock.advance(1250);
+    equal(client.inFlight, 0, "the slot was freed");
+
+    await peer.send({ type: "chunk", id: "a", text: "late", token_ids: [1] });
+    const again = client.submit(request("a"), new Recorder());
+    ok(!again.ok);
+    equal(again.error.kind, "duplicate_request");
+
+    await peer.send({
+      type: "done",
+      id: "a",
+      finish_reason: "cancelled",
+      usage: { prompt_tokens: 1, completion_tokens: 1 },
+    });
+    await eventually(
+      "the id is free again",
+      () => client.submit(request("a"), new Recorder()).ok,
+    );
+    equal((await peer.expect("generate")).id, "a");
+    equal(client.state.state, "ready");
+    ok(!peer.closed);
+    ok(!peer.received.some((m) => m.type === "error"));
   } finally {
     client.stop();
     worker.close();

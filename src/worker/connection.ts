@@ -1,7 +1,8 @@
 /**
- * One connection to the worker's Unix socket: the handshake, a read loop
- * that turns frames into validated messages, and a writer that coalesces
- * frames queued in the same tick into one socket write.
+ * One open connection to the worker's Unix socket: a read loop that turns
+ * frames into validated messages, and a writer that coalesces frames
+ * queued in the same tick into one socket write. Opening it (the
+ * handshake) is `handshake.ts`.
  *
  * The connection reports what it reads and why it closed; what a message
  * means for generations and for the worker's state is decided by
@@ -10,51 +11,30 @@
  * @module
  */
 
-import { encodeFrame, FrameDecoder, type FrameErrorKind } from "./framing.ts";
+import type { Clock } from "../util/clock.ts";
 import {
-  decodeWorkerMessage,
-  PROTOCOL_VERSIONS,
-  type SidecarMessage,
-  type WelcomeMsg,
-  type WorkerMessage,
-} from "./messages.ts";
+  FrameTooLargeError,
+  WorkerConnectionError,
+} from "./connection_errors.ts";
+import { encodeFrame, type FrameDecoder, HEADER_BYTES } from "./framing.ts";
+import { type ConnectOptions, openHandshake } from "./handshake.ts";
+import type { SidecarMessage, WelcomeMsg, WorkerMessage } from "./messages.ts";
+import {
+  errorFrame,
+  nextMessage,
+  PROTOCOL_ERROR_FLUSH_MS,
+  shut,
+  withTimeout,
+  writeAll,
+} from "./socket_io.ts";
 
-/** Why a connection ended, in a small fixed set usable as a metric label. */
-export type CloseKind =
-  | "refused" // nothing listens on the socket, or it does not exist
-  | "handshake" // the worker did not complete the handshake
-  | "protocol" // the worker sent something malformed
-  | "eof" // the worker closed the socket
-  | "io" // a socket read or write failed
-  | "heartbeat" // the worker stopped answering pings
-  | "local"; // the sidecar closed it
-
-/** The error a connection ends with. */
-export class WorkerConnectionError extends Error {
-  readonly kind: CloseKind;
-  /** For `protocol`: the frame-level failure kind. */
-  readonly frameKind?: FrameErrorKind;
-
-  constructor(kind: CloseKind, message: string, frameKind?: FrameErrorKind) {
-    super(message);
-    this.name = "WorkerConnectionError";
-    this.kind = kind;
-    this.frameKind = frameKind;
-  }
-}
-
-/** Options of {@link WorkerConnection.open}. */
-export interface ConnectOptions {
-  socketPath: string;
-  /** Largest frame payload the sidecar accepts. */
-  maxFrameBytes: number;
-  /** Announced in `hello` so the worker can notice a vanished sidecar. */
-  heartbeatIntervalMs: number;
-  /** How long the worker has to answer `hello`. */
-  handshakeTimeoutMs: number;
-  /** Name and version announced in `hello`. */
-  agent: string;
-}
+export {
+  type CloseKind,
+  FrameTooLargeError,
+  WorkerConnectionError,
+  type WorkerConnectionErrorOptions,
+} from "./connection_errors.ts";
+export type { ConnectOptions } from "./handshake.ts";
 
 /** An open, handshaken connection. */
 export class WorkerConnection {
@@ -62,10 +42,15 @@ export class WorkerConnection {
   readonly welcome: WelcomeMsg;
   #conn: Deno.UnixConn;
   #decoder: FrameDecoder;
+  #clock: Clock;
   #queue: Uint8Array[] = [];
   #queuedBytes = 0;
   #flushing = false;
+  /** Set once the connection ends: nothing more is sent or delivered. */
   #closed: WorkerConnectionError | null = null;
+  /** Set once the socket itself is shut (possibly after a last flush). */
+  #shut = false;
+  #flushWaiters: (() => void)[] = [];
   #onClose: ((err: WorkerConnectionError) => void) | null = null;
   #peerMaxFrameBytes: number;
 
@@ -73,84 +58,25 @@ export class WorkerConnection {
     conn: Deno.UnixConn,
     decoder: FrameDecoder,
     welcome: WelcomeMsg,
+    clock: Clock,
   ) {
     this.#conn = conn;
     this.#decoder = decoder;
     this.welcome = welcome;
+    this.#clock = clock;
     this.#peerMaxFrameBytes = welcome.max_frame_bytes;
   }
 
   /**
-   * Connects and performs the handshake.
+   * Connects and performs the handshake. A worker that has not answered
+   * `hello` within `handshakeTimeoutMs` (connecting included) fails it
+   * with `handshake`.
    *
    * @throws {WorkerConnectionError} `refused`, `handshake`, `protocol` or `io`.
    */
   static async open(options: ConnectOptions): Promise<WorkerConnection> {
-    let conn: Deno.UnixConn;
-    try {
-      conn = await Deno.connect({
-        transport: "unix",
-        path: options.socketPath,
-      });
-    } catch (err) {
-      if (err instanceof Deno.errors.PermissionDenied) throw err;
-      throw new WorkerConnectionError(
-        "refused",
-        `cannot connect to ${options.socketPath}: ${(err as Error).message}`,
-      );
-    }
-
-    const decoder = new FrameDecoder({ maxFrameBytes: options.maxFrameBytes });
-    const timer = setTimeout(() => shut(conn), options.handshakeTimeoutMs);
-
-    try {
-      await conn.write(encodeFrame(
-        {
-          type: "hello",
-          versions: [...PROTOCOL_VERSIONS],
-          sidecar: options.agent,
-          max_frame_bytes: options.maxFrameBytes,
-          heartbeat_interval_ms: options.heartbeatIntervalMs,
-        } satisfies SidecarMessage,
-      ));
-      const first = await readMessage(conn, decoder);
-      if (first === null) {
-        throw new WorkerConnectionError(
-          "handshake",
-          `worker closed the connection during the handshake (or did not answer within ${options.handshakeTimeoutMs} ms)`,
-        );
-      }
-      if (first.type === "error") {
-        throw new WorkerConnectionError(
-          "handshake",
-          `worker refused the handshake: ${first.code}: ${first.message}`,
-        );
-      }
-      if (first.type !== "welcome") {
-        throw new WorkerConnectionError(
-          "protocol",
-          `expected "welcome" as the first frame, got "${first.type}"`,
-        );
-      }
-      if (!(PROTOCOL_VERSIONS as readonly number[]).includes(first.version)) {
-        throw new WorkerConnectionError(
-          "protocol",
-          `worker chose protocol version ${first.version}, offered ${
-            PROTOCOL_VERSIONS.join(",")
-          }`,
-        );
-      }
-      return new WorkerConnection(conn, decoder, first);
-    } catch (err) {
-      shut(conn);
-      if (err instanceof WorkerConnectionError) throw err;
-      throw new WorkerConnectionError(
-        "handshake",
-        `handshake failed: ${(err as Error).message}`,
-      );
-    } finally {
-      clearTimeout(timer);
-    }
+    const { conn, decoder, welcome, clock } = await openHandshake(options);
+    return new WorkerConnection(conn, decoder, welcome, clock);
   }
 
   /** Whether the connection has ended. */
@@ -185,61 +111,115 @@ export class WorkerConnection {
   /**
    * Queues a message. Frames queued in the same tick go out in one write.
    * Returns false if the connection is closed (the message is dropped).
+   *
+   * @throws {FrameTooLargeError} if the message exceeds the worker's
+   *   `max_frame_bytes`; nothing is queued.
    */
   send(message: SidecarMessage): boolean {
     if (this.#closed) return false;
     const frame = encodeFrame(message);
-    if (frame.length - 4 > this.#peerMaxFrameBytes) {
+    const payloadBytes = frame.length - HEADER_BYTES;
+    if (payloadBytes > this.#peerMaxFrameBytes) {
       // A generate with an enormous prompt: refuse locally rather than
       // have the worker drop the connection and every stream with it.
-      throw new RangeError(
-        `Cannot send ${message.type}: ${
-          frame.length - 4
-        } bytes exceed the worker's max_frame_bytes ${this.#peerMaxFrameBytes}`,
+      throw new FrameTooLargeError(
+        message.type,
+        payloadBytes,
+        this.#peerMaxFrameBytes,
       );
     }
+    this.#enqueue(frame);
+    return true;
+  }
+
+  /**
+   * Ends the connection; `onClose` gets `reason` (default: local close).
+   * When the reason says so (a protocol error the sidecar found), the
+   * worker is first sent an `error` frame, given a short while to leave.
+   */
+  close(reason?: WorkerConnectionError): void {
+    if (this.#closed) return;
+    const why = reason ??
+      new WorkerConnectionError("local", "closed by the sidecar");
+    this.#closed = why;
+    if (why.notifyWorker) {
+      this.#enqueue(errorFrame(why.message, this.#peerMaxFrameBytes));
+      void this.#shutAfterFlush(PROTOCOL_ERROR_FLUSH_MS);
+    } else {
+      this.#shutNow();
+    }
+    this.#onClose?.(why);
+  }
+
+  /**
+   * Ends the connection after writing what is already queued, waiting at
+   * most `timeoutMs` for it; `onClose` gets a local close. Resolves once
+   * the socket is shut.
+   */
+  async closeAfterFlush(timeoutMs: number): Promise<void> {
+    if (this.#closed) {
+      await this.#shutAfterFlush(timeoutMs);
+      return;
+    }
+    const why = new WorkerConnectionError("local", "closed by the sidecar");
+    this.#closed = why;
+    const done = this.#shutAfterFlush(timeoutMs);
+    this.#onClose?.(why);
+    await done;
+  }
+
+  #enqueue(frame: Uint8Array): void {
     this.#queue.push(frame);
     this.#queuedBytes += frame.length;
     if (!this.#flushing) {
       this.#flushing = true;
       queueMicrotask(() => this.#flush());
     }
-    return true;
   }
 
-  /** Ends the connection; `onClose` gets `reason` (default: local close). */
-  close(reason?: WorkerConnectionError): void {
-    if (this.#closed) return;
-    this.#closed = reason ??
-      new WorkerConnectionError("local", "closed by the sidecar");
+  async #shutAfterFlush(timeoutMs: number): Promise<void> {
+    if (!this.#shut && (this.#flushing || this.#queue.length > 0)) {
+      const flushed = new Promise<void>((r) => this.#flushWaiters.push(r));
+      await withTimeout(flushed, timeoutMs, this.#clock).catch(() => {});
+    }
+    this.#shutNow();
+  }
+
+  #shutNow(): void {
+    if (this.#shut) return;
+    this.#shut = true;
     shut(this.#conn);
     this.#queue = [];
     this.#queuedBytes = 0;
-    this.#onClose?.(this.#closed);
+    this.#wakeFlushWaiters();
+  }
+
+  #wakeFlushWaiters(): void {
+    for (const w of this.#flushWaiters.splice(0)) w();
   }
 
   async #flush(): Promise<void> {
     try {
-      while (this.#queue.length > 0 && !this.#closed) {
+      while (this.#queue.length > 0 && !this.#shut) {
         const frames = this.#queue;
         const total = this.#queuedBytes;
         this.#queue = [];
         this.#queuedBytes = 0;
-        const bytes = frames.length === 1 ? frames[0] : concat(frames, total);
-        let written = 0;
-        while (written < bytes.length) {
-          written += await this.#conn.write(bytes.subarray(written));
-        }
+        await writeAll(
+          this.#conn,
+          frames.length === 1 ? frames[0] : concat(frames, total),
+        );
       }
     } catch (err) {
-      this.close(
-        new WorkerConnectionError(
-          "io",
-          `write failed: ${(err as Error).message}`,
-        ),
+      const failed = new WorkerConnectionError(
+        "io",
+        `write failed: ${(err as Error).message}`,
       );
+      if (this.#closed) this.#shutNow();
+      else this.close(failed);
     } finally {
       this.#flushing = false;
+      this.#wakeFlushWaiters();
     }
   }
 
@@ -264,6 +244,7 @@ export class WorkerConnection {
         );
       }
       if (n === null) {
+        if (this.#closed) return;
         const tail = this.#decoder.buffered;
         throw new WorkerConnectionError(
           "eof",
@@ -274,47 +255,6 @@ export class WorkerConnection {
       }
       this.#decoder.commit(n);
     }
-  }
-}
-
-/**
- * Closes a socket so that the peer sees end-of-file at once. In Deno 2.8,
- * `close()` alone leaves the descriptor open while a read is pending on it,
- * so the write side is shut down first; the pending read then ends when
- * the worker closes its side.
- */
-function shut(conn: Deno.UnixConn): void {
-  try {
-    conn.closeWrite();
-  } catch { /* not connected any more */ }
-  try {
-    conn.close();
-  } catch { /* already closed */ }
-}
-
-function nextMessage(decoder: FrameDecoder): WorkerMessage | null {
-  const frame = decoder.next();
-  if (!frame.ok) {
-    throw new WorkerConnectionError("protocol", frame.message, frame.kind);
-  }
-  if (frame.payload === null) return null;
-  const msg = decodeWorkerMessage(frame.payload);
-  if (!msg.ok) {
-    throw new WorkerConnectionError("protocol", msg.message, msg.kind);
-  }
-  return msg.value;
-}
-
-async function readMessage(
-  conn: Deno.UnixConn,
-  decoder: FrameDecoder,
-): Promise<WorkerMessage | null> {
-  for (;;) {
-    const msg = nextMessage(decoder);
-    if (msg !== null) return msg;
-    const n = await conn.read(decoder.space());
-    if (n === null) return null;
-    decoder.commit(n);
   }
 }
 

@@ -63,6 +63,8 @@ export class Exchange {
   waitUntil = 0;
   /** Waiting: the caller was told about a reload. */
   held = false;
+  /** Clock reading when the request was first held (valid when `held`). */
+  heldSince = 0;
   /** Chunks the worker may still send. */
   credit = 0;
   /** Credit given back by the gateway but not yet sent to the worker. */

@@ -34,9 +34,11 @@ export interface ChatMessage {
 export interface HelloMsg {
   type: "hello";
   versions: number[];
-  sidecar: string;
+  /** Optional in the protocol; this sidecar always sends it. */
+  sidecar?: string;
   max_frame_bytes: number;
-  heartbeat_interval_ms: number;
+  /** Optional in the protocol, >= 0; this sidecar always sends it. */
+  heartbeat_interval_ms?: number;
 }
 
 export interface GenerateMsg {
@@ -75,13 +77,24 @@ export interface PingMsg {
   seq: number;
 }
 
+/** `code` of the `error` the sidecar sends before closing over a protocol error. */
+export const PROTOCOL_ERROR_CODE = "protocol";
+
+/** Sent without `id` just before the sidecar closes over a protocol error. */
+export interface SidecarErrorMsg {
+  type: "error";
+  code: string;
+  message: string;
+}
+
 /** Any message the sidecar sends. */
 export type SidecarMessage =
   | HelloMsg
   | GenerateMsg
   | CancelMsg
   | CreditMsg
-  | PingMsg;
+  | PingMsg
+  | SidecarErrorMsg;
 
 // ---- worker → sidecar ----
 
@@ -294,9 +307,9 @@ const sidecarChecks: Record<string, (m: Obj) => void> = {
     ) {
       fail("hello", `"versions" must be a non-empty array of integers >= 1`);
     }
-    str(m, "sidecar");
+    optStr(m, "sidecar");
     int(m, "max_frame_bytes", 1024);
-    int(m, "heartbeat_interval_ms", 1);
+    optInt(m, "heartbeat_interval_ms", 0);
   },
   generate(m) {
     id(m);
@@ -337,6 +350,11 @@ const sidecarChecks: Record<string, (m: Obj) => void> = {
   },
   ping(m) {
     int(m, "seq", 0);
+  },
+  error(m) {
+    if (m.id !== undefined) id(m);
+    str(m, "code");
+    str(m, "message");
   },
 };
 

@@ -47,7 +47,11 @@ export type WorkerState =
     since: number;
     info: WorkerInfo;
     etaMs: number;
-    /** Held requests fail after this clock reading. */
+    /**
+     * End of the reload's hold (ETA plus grace, capped by max_hold, from
+     * the latest announcement): new requests are refused after it, and a
+     * held request gives up by then, or earlier at its own max_hold cap.
+     */
     holdUntil: number;
     connected: boolean;
     message: string;

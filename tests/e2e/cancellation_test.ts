@@ -11,9 +11,11 @@ import {
   startSim,
   tempDir,
   waitIdle,
+  waitReady,
   within,
 } from "../helpers/harness.ts";
 import { RawGatewayConnection } from "../helpers/raw_gateway.ts";
+import { ScriptedWorker } from "../helpers/scripted_worker.ts";
 import { SessionDriver } from "../helpers/session.ts";
 
 // Long enough that only a cancellation ends it: 100000 tokens, 10 ms apart.
@@ -265,5 +267,79 @@ Deno.test("a Session generation past its timeout_ms ends with a DEADLINE_EXCEEDE
   } finally {
     session.call.cancel();
     await t.close();
+  }
+});
+
+Deno.test("a cancel reaches the worker within one heartbeat interval, counted in tokens at a known pace", async () => {
+  // The worker sends a token every ITL_MS with credit for all of them, so
+  // flow control cannot stop it: only the cancel frame does. Between the
+  // gateway's cancel and the worker reading the sidecar's, fewer tokens
+  // than one heartbeat interval holds must have gone out.
+  const ITL_MS = 10;
+  const HEARTBEAT_MS = 2000;
+  const worker = await ScriptedWorker.listen();
+  const dir = await tempDir();
+  const sidecar = await startSidecar(
+    dir,
+    worker.path,
+    `[health]\ncheck_interval_secs = ${HEARTBEAT_MS / 1000}\n` +
+      "heartbeat_timeout_secs = 5\n[worker]\nstream_credit_chunks = 4096",
+    { waitReady: false },
+  );
+  worker.answerAll();
+  const client = gateway(sidecar.grpcAddr);
+  try {
+    await waitReady(sidecar);
+    const peer = worker.live!;
+    const call = client.Generate(endless("hb-1"));
+    const errors: grpc.ServiceError[] = [];
+    call.on("error", (e: grpc.ServiceError) => errors.push(e));
+    let received = 0;
+    let receivedAtCancel = -1;
+    call.on("data", () => {
+      received++;
+      if (received === 20) {
+        receivedAtCancel = received;
+        call.cancel();
+      }
+    });
+
+    const gen = await peer.expect("generate", 15_000);
+    const cancelled = () =>
+      peer.received.some((m) => m.type === "cancel" && m.id === gen.id);
+    let sent = 0;
+    while (!cancelled() && sent < gen.credit && !peer.closed) {
+      await peer.send({
+        type: "chunk",
+        id: gen.id,
+        text: ` t${sent}`,
+        token_ids: [sent],
+      });
+      sent++;
+      await new Promise((r) => setTimeout(r, ITL_MS));
+    }
+    await peer.send({
+      type: "done",
+      id: gen.id,
+      finish_reason: "cancelled",
+      usage: { prompt_tokens: 1, completion_tokens: sent },
+    });
+
+    ok(cancelled(), `no cancel after ${sent} tokens`);
+    equal(receivedAtCancel, 20);
+    const cancel = peer.received.find((m) => m.type === "cancel");
+    ok(cancel?.type === "cancel");
+    equal(cancel.reason, "client_cancelled");
+    const afterCancel = sent - receivedAtCancel;
+    ok(
+      afterCancel < HEARTBEAT_MS / ITL_MS,
+      `${afterCancel} tokens went out after the gateway cancelled`,
+    );
+    await waitIdle(client);
+    equal(errors[0]?.code, grpc.status.CANCELLED);
+  } finally {
+    client.close();
+    await sidecar.proc.kill();
+    worker.close();
   }
 });

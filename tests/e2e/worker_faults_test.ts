@@ -1,9 +1,11 @@
 import { equal, match, ok } from "node:assert/strict";
 import * as grpc from "@grpc/grpc-js";
+import { CODE_NAMES } from "../../src/gateway/generation.ts";
 import {
   type Collected,
   gateway,
   generate,
+  getStatus,
   metric,
   req,
   type SidecarProc,
@@ -12,8 +14,11 @@ import {
   tempDir,
   waitIdle,
   waitReady,
+  waitUntil,
   within,
 } from "../helpers/harness.ts";
+import { ScriptedWorker } from "../helpers/scripted_worker.ts";
+import { SessionDriver } from "../helpers/session.ts";
 
 const SIM_ARGS = ["--ttft-ms", "5", "--itl-ms", "2", "--log-level", "debug"];
 
@@ -21,12 +26,15 @@ const SIM_ARGS = ["--ttft-ms", "5", "--itl-ms", "2", "--log-level", "debug"];
 // add a heartbeat failure to the connection errors the tests count.
 const PATIENT_HEARTBEAT = "[health]\nheartbeat_timeout_secs = 5\n";
 
-/** A simulator and a sidecar; `toml` is merged into the sidecar's config. */
-async function setup(toml = "") {
+/**
+ * A simulator and a sidecar; `toml` is merged into the sidecar's config,
+ * `simArgs` added to the simulator's command line.
+ */
+async function setup(toml = "", simArgs: string[] = []) {
   const dir = await tempDir();
   const sock = `${dir}/w.sock`;
   const t = {
-    sim: await startSim(sock, SIM_ARGS),
+    sim: await startSim(sock, [...SIM_ARGS, ...simArgs]),
     sidecar: await startSidecar(dir, sock, PATIENT_HEARTBEAT + toml),
     sock,
     client: null as unknown as ReturnType<typeof gateway>,
@@ -93,6 +101,10 @@ for (
 
       await assertFailed(t, out, `${fault}-1`, grpc.status.INTERNAL, 2);
       match(out.error!.details, expectMessage);
+      // The worker was told why before the sidecar closed the connection.
+      await t.sim.waitFor(
+        /WARNING cy_worker: sidecar is closing the connection: it reports a protocol error .*code=protocol/,
+      );
       equal(
         await metric(t.sidecar, "sidecar_worker_connection_errors_total", {
           kind: "protocol",
@@ -190,9 +202,12 @@ Deno.test("a worker's error frame maps to the gRPC status of its code, with the 
       ["model_mismatch", grpc.status.FAILED_PRECONDITION],
       ["overloaded", grpc.status.RESOURCE_EXHAUSTED],
       ["unavailable", grpc.status.UNAVAILABLE],
+      ["cancelled", grpc.status.CANCELLED],
       ["deadline_exceeded", grpc.status.DEADLINE_EXCEEDED],
       ["internal", grpc.status.INTERNAL],
       ["something_new", grpc.status.INTERNAL],
+      // Named like an Object.prototype member: still just an unknown code.
+      ["constructor", grpc.status.INTERNAL],
     ] as const;
     for (const [code, status] of table) {
       await ctx.step(`${code} gives ${grpc.status[status]}`, async () => {
@@ -204,6 +219,16 @@ Deno.test("a worker's error frame maps to the gRPC status of its code, with the 
     }
     // Per-generation errors leave the connection alone.
     equal(await metric(t.sidecar, "sidecar_worker_connection_errors_total"), 0);
+    // Every request is counted under a status name, never anything else.
+    const text = await (await fetch(`${t.sidecar.metricsUrl}/metrics`)).text();
+    const labels = [
+      ...text.matchAll(/^sidecar_requests_total\{[^}]*code="([^"]*)"/gm),
+    ]
+      .map((m) => m[1]);
+    ok(labels.length > 0);
+    for (const code of labels) {
+      ok(Object.values(CODE_NAMES).includes(code), `code label ${code}`);
+    }
     await t.servesNext("err-after");
   } finally {
     await t.close();
@@ -252,5 +277,124 @@ Deno.test("a generation the worker stops feeding fails with UNAVAILABLE after re
     await t.servesNext("hang-after");
   } finally {
     await t.close();
+  }
+});
+
+Deno.test("on a Session, a worker error code named like an Object.prototype member is an INTERNAL error event", async () => {
+  const t = await setup();
+  const session = new SessionDriver(t.client);
+  try {
+    session.generate(
+      req("proto-1", "a story [[sim fault=error code=constructor after=1]]"),
+    );
+    session.generate(req("proto-ok", "a short one"));
+    const failed = await within("proto-1 ends", session.finished("proto-1"));
+    const fine = await within("proto-ok ends", session.finished("proto-ok"));
+
+    ok("error" in failed.last);
+    equal(failed.last.error.code, grpc.status.INTERNAL);
+    equal(failed.last.error.message, "sim fault: injected error for proto-1");
+    equal(fine.last.kind, "done");
+    session.end();
+    await within("session end", session.closed());
+    equal(session.status?.code, grpc.status.OK);
+  } finally {
+    session.call.cancel();
+    await t.close();
+  }
+});
+
+Deno.test("a prompt over the worker's max_frame_bytes but under max_request_bytes fails with INVALID_ARGUMENT naming the field and both sizes", async () => {
+  const t = await setup("", ["--max-frame-bytes", "65536"]);
+  try {
+    const big = "a".repeat(100_000);
+    const prompt = await within(
+      "prompt",
+      generate(t.client, req("big-1", big)),
+    );
+    equal(prompt.error?.code, grpc.status.INVALID_ARGUMENT);
+    match(
+      prompt.error!.details,
+      /^prompt: 100000 bytes is too large for the worker: the generate frame would be \d+ bytes, over the worker's max_frame_bytes of 65536$/,
+    );
+
+    const chat = await within(
+      "messages",
+      generate(t.client, {
+        request_id: "big-2",
+        messages: [{ role: "user", content: big }],
+        sampling: { max_tokens: 4 },
+      }),
+    );
+    equal(chat.error?.code, grpc.status.INVALID_ARGUMENT);
+    match(
+      chat.error!.details,
+      /^messages: \d+ bytes is too large for the worker/,
+    );
+
+    // Refused before the worker: the connection and other requests are fine.
+    equal(await metric(t.sidecar, "sidecar_worker_connection_errors_total"), 0);
+    await t.servesNext("big-after");
+  } finally {
+    await t.close();
+  }
+});
+
+Deno.test("a worker that accepts the connection and never answers hello fails the handshake at its timeout; the sidecar retries and serves once it answers", async () => {
+  const worker = await ScriptedWorker.listen();
+  const dir = await tempDir();
+  const sidecar = await startSidecar(
+    dir,
+    worker.path,
+    "[worker]\nhandshake_timeout_secs = 0.3\n" + PATIENT_HEARTBEAT,
+    { waitReady: false },
+  );
+  const client = gateway(sidecar.grpcAddr);
+  try {
+    const silent = await worker.peer(0, 15_000);
+    await silent.expect("hello", 15_000);
+    await waitUntil(
+      "a handshake failure is counted",
+      async () =>
+        await metric(sidecar, "sidecar_worker_connection_errors_total", {
+          kind: "handshake",
+        }) >= 1,
+    );
+    await silent.waitClosed(15_000);
+    await sidecar.proc.waitFor(
+      /"level":"warn".*"msg":"worker connect failed".*"kind":"handshake"/,
+    );
+    const status = await getStatus(client);
+    equal(status.state, "DISCONNECTED");
+    match(status.detail, /did not answer hello within 300 ms/);
+    const refused = await within("refused", generate(client, req("hs-1")));
+    equal(refused.error?.code, grpc.status.UNAVAILABLE);
+    ok(Number(refused.error!.metadata.get("grpc-retry-pushback-ms")[0]) > 0);
+
+    // Once the worker answers, the next attempt connects and serves.
+    worker.answerAll();
+    await waitReady(sidecar, 15_000);
+    const answering = worker.live!;
+    const call = within("served", generate(client, req("hs-2")));
+    const gen = await answering.expect("generate", 15_000);
+    await answering.send({
+      type: "chunk",
+      id: gen.id,
+      text: "hi",
+      token_ids: [7],
+    });
+    await answering.send({
+      type: "done",
+      id: gen.id,
+      finish_reason: "stop",
+      usage: { prompt_tokens: 1, completion_tokens: 1 },
+    });
+    const out = await call;
+    equal(out.error, null);
+    equal(out.text, "hi");
+  } finally {
+    client.close();
+    await sidecar.proc.kill();
+    worker.close();
   }
 });

@@ -16,7 +16,10 @@ export class ScriptedPeer {
   #decoder = new FrameDecoder({ maxFrameBytes: 1 << 20 });
   #inbox: SidecarMessage[] = [];
   #waiters: (() => void)[] = [];
+  /** Every message received, in order (`expect` does not remove from it). */
+  readonly received: SidecarMessage[] = [];
   closed = false;
+  #autoPong = false;
 
   constructor(conn: Deno.UnixConn) {
     this.conn = conn;
@@ -33,7 +36,13 @@ export class ScriptedPeer {
           const f = this.#decoder.next();
           if (!f.ok || f.payload === null) break;
           const m = decodeSidecarMessage(f.payload);
-          if (m.ok) this.#inbox.push(m.value);
+          if (!m.ok) continue;
+          this.received.push(m.value);
+          if (this.#autoPong && m.value.type === "ping") {
+            void this.send({ type: "pong", seq: m.value.seq }).catch(() => {});
+          } else {
+            this.#inbox.push(m.value);
+          }
         }
         this.#wake();
       }
@@ -71,6 +80,11 @@ export class ScriptedPeer {
         setTimeout(r, 20);
       });
     }
+  }
+
+  /** Answers every ping at once from now on (pings no longer reach `expect`). */
+  autoPong(): void {
+    this.#autoPong = true;
   }
 
   /** Sends a message as a frame. */
@@ -120,6 +134,7 @@ export class ScriptedWorker {
   #listener: Deno.Listener<Deno.UnixConn, Deno.UnixAddr>;
   #peers: ScriptedPeer[] = [];
   #waiters: (() => void)[] = [];
+  #answerAll = false;
 
   private constructor(
     path: string,
@@ -139,10 +154,37 @@ export class ScriptedWorker {
   async #accept(): Promise<void> {
     try {
       for await (const conn of this.#listener) {
-        this.#peers.push(new ScriptedPeer(conn));
+        const peer = new ScriptedPeer(conn);
+        this.#peers.push(peer);
+        if (this.#answerAll) this.#answer(peer);
         for (const w of this.#waiters.splice(0)) w();
       }
     } catch { /* closed */ }
+  }
+
+  /**
+   * From now on, completes the handshake of every open and future
+   * connection at once, and answers its pings: a worker that behaves,
+   * for tests that only script what comes after the handshake.
+   */
+  answerAll(): void {
+    this.#answerAll = true;
+    for (const p of this.#peers) if (!p.closed) this.#answer(p);
+  }
+
+  #answer(peer: ScriptedPeer): void {
+    peer.autoPong();
+    peer.handshake().catch(() => {/* the sidecar gave up on it */});
+  }
+
+  /** The most recent connection that is still open, if any. */
+  get live(): ScriptedPeer | undefined {
+    return this.#peers.findLast((p) => !p.closed);
+  }
+
+  /** How many connections have been accepted so far. */
+  get accepted(): number {
+    return this.#peers.length;
   }
 
   /** The n-th accepted connection (0-based), waiting for it. */
