@@ -27,7 +27,12 @@
  */
 
 import { ConfigError, loadConfig } from "../src/config/mod.ts";
-import { denoFlags, dirOf, permissionSet } from "../src/permissions.ts";
+import {
+  absolutePath,
+  denoFlags,
+  dirOf,
+  permissionSet,
+} from "../src/permissions.ts";
 
 const ROOT = new URL("../", import.meta.url).pathname;
 
@@ -54,9 +59,9 @@ export interface CompileOptions {
 const USAGE = `Usage: deno task compile [--config FILE] [--config-path PATH] \
 [--output FILE] [--target TRIPLE] [--print]`;
 
-/** `path` made absolute against the working directory. */
+/** `path` made absolute against the working directory (links kept). */
 function absolute(path: string): string {
-  return path.startsWith("/") ? path : `${Deno.cwd()}/${path}`;
+  return absolutePath(path, Deno.cwd());
 }
 
 /** Parses the task's arguments; throws a `TypeError` naming a bad one. */

@@ -13,14 +13,15 @@
  */
 
 import { ConfigError, loadConfig } from "../src/config/mod.ts";
-import { denoFlags, permissionSet } from "../src/permissions.ts";
+import { absolutePath, denoFlags, permissionSet } from "../src/permissions.ts";
 
 const ROOT = new URL("../", import.meta.url).pathname;
 
 /**
  * The `deno run` arguments for the sidecar's own arguments `args`: the
  * config file named by `--config FILE` (or `--config=FILE`) decides the
- * permissions, and is passed on as an absolute path.
+ * permissions, and is passed on as an absolute path (symbolic links kept,
+ * as `tools/sidecar_flags.ts` grants it).
  *
  * @throws {ConfigError} If the configuration has problems.
  */
@@ -36,9 +37,8 @@ export async function runArgs(args: string[]): Promise<string[]> {
       rest.push(args[i]);
     }
   }
-  if (configPath && !configPath.startsWith("/")) {
-    configPath = `${Deno.cwd()}/${configPath}`;
-  }
+  // Absolute, links kept: the path Deno will check (see absolutePath).
+  if (configPath) configPath = absolutePath(configPath, Deno.cwd());
 
   const config = await loadConfig(configPath);
   const flags = denoFlags(permissionSet(config, configPath));

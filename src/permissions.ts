@@ -65,9 +65,39 @@ export interface PermissionSet {
   sys: string[];
 }
 
+/**
+ * The `--allow-net` entry for a host and port. `host` is bare: an IPv6
+ * address without brackets (`::1`), which gets them here, once.
+ */
 function listen(host: string, port: number): string {
   const h = host.includes(":") ? `[${host}]` : host;
   return port === 0 ? h : `${h}:${port}`;
+}
+
+/** A URL's host without the brackets `URL.hostname` keeps on IPv6 addresses. */
+function bareHost(url: URL): string {
+  const h = url.hostname;
+  return h.startsWith("[") && h.endsWith("]") ? h.slice(1, -1) : h;
+}
+
+/**
+ * `path` made absolute against `cwd`, with `.` and `..` segments resolved
+ * by name, as Deno resolves the paths it checks permissions for. Symbolic
+ * links are kept, never followed: Deno checks a file's path as the program
+ * names it, so a config mounted through links (a Kubernetes ConfigMap's
+ * `..data/`) is granted by the path the sidecar is given, and stays
+ * granted when the links move to a new version of the file.
+ */
+export function absolutePath(path: string, cwd: string): string {
+  const parts: string[] = [];
+  for (
+    const part of (path.startsWith("/") ? path : `${cwd}/${path}`).split("/")
+  ) {
+    if (part === "" || part === ".") continue;
+    if (part === "..") parts.pop();
+    else parts.push(part);
+  }
+  return `/${parts.join("/")}`;
 }
 
 /** The folder of an absolute path (`/` for a file at the root). */
@@ -103,7 +133,7 @@ export function requirements(
     const port = url.port || (url.protocol === "https:" ? "443" : "80");
     need(
       "net",
-      listen(url.hostname, Number(port)),
+      listen(bareHost(url), Number(port)),
       "metering.billing_endpoint",
     );
   }

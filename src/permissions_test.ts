@@ -1,4 +1,4 @@
-import { deepStrictEqual as assertEquals, ok } from "node:assert/strict";
+import { deepStrictEqual as assertEquals, equal, ok } from "node:assert/strict";
 import { type Config, parseConfig } from "./config/mod.ts";
 import { denoFlags, ENV_VARS, permissionSet, V8_FLAGS } from "./permissions.ts";
 
@@ -79,4 +79,57 @@ Deno.test("the flags grant nothing unscoped and carry --unstable-kv and the V8 f
     ok(list.length > 0 && !list.split(",").includes(""), grant);
   }
   ok(!flags.some((f) => f === "-A" || f === "--allow-all"));
+});
+
+Deno.test("an IPv6 billing endpoint and IPv6 listeners are granted with one pair of brackets", () => {
+  const set = permissionSet(
+    config(
+      '[server]\nbind_addr = "[::1]:50051"\n' +
+        '[metering]\nbilling_endpoint = "http://[::1]:8080/v1/usage"\n' +
+        '[observability]\nmetrics_host = "fd00::2"\nmetrics_port = 9090',
+    ),
+  );
+  assertEquals(set.net, ["[::1]:50051", "[fd00::2]:9090", "[::1]:8080"]);
+  const https = config(
+    '[metering]\nbilling_endpoint = "https://[2001:db8::1]/v1/usage"',
+  );
+  assertEquals(permissionSet(https).net.at(-1), "[2001:db8::1]:443");
+});
+
+Deno.test("Deno accepts the --allow-net list of an IPv6 configuration and grants exactly its entries", async () => {
+  const flags = denoFlags(permissionSet(config(
+    '[server]\nbind_addr = "[::1]:50051"\n' +
+      '[metering]\nbilling_endpoint = "http://[::1]:8080/v1/usage"\n' +
+      '[observability]\nmetrics_host = "::1"\nmetrics_port = 9090',
+  )));
+  const net = flags.find((f) => f.startsWith("--allow-net="))!;
+  const probe = await Deno.makeTempFile({ suffix: ".ts" });
+  await Deno.writeTextFile(
+    probe,
+    "for (const host of Deno.args) console.log(host, " +
+      'Deno.permissions.querySync({ name: "net", host }).state);',
+  );
+  const out = await new Deno.Command(Deno.execPath(), {
+    args: [
+      "run",
+      "--no-prompt",
+      net,
+      probe,
+      "[::1]:50051",
+      "[::1]:8080",
+      "[::1]:9090",
+      "[::1]:8081",
+    ],
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  await Deno.remove(probe);
+  const stderr = new TextDecoder().decode(out.stderr);
+  equal(out.code, 0, stderr);
+  assertEquals(new TextDecoder().decode(out.stdout).trim().split("\n"), [
+    "[::1]:50051 granted",
+    "[::1]:8080 granted",
+    "[::1]:9090 granted",
+    "[::1]:8081 prompt",
+  ]);
 });

@@ -6,10 +6,11 @@
  * connected. Each prints one JSON object: RSS and V8's heap figures
  * (`Deno.memoryUsage()`) after a full garbage collection.
  *
- *   deno run -A --unstable-kv --v8-flags=--expose-gc bench/probe/heap.ts \
- *     --stage bare|imports|idle [--config sidecar.toml]
+ *   deno run <the sidecar's flags for sidecar.toml, V8 flags plus --expose-gc> \
+ *     bench/probe/heap.ts --stage bare|imports|idle [--config sidecar.toml]
  *
- * Run by scenario 3 of `bench/run.ts`.
+ * Run by scenario 3 of `bench/run.ts`, with the production permission set
+ * of the config (src/permissions.ts), as the sidecar itself runs.
  *
  * @module
  */

@@ -6,6 +6,8 @@
  * @module
  */
 
+import { parseConfig } from "../../src/config/mod.ts";
+import { denoFlags, permissionSet } from "../../src/permissions.ts";
 import type { Context } from "../lib/context.ts";
 import {
   failures,
@@ -256,19 +258,24 @@ async function heapProbe(ctx: Context): Promise<void> {
   try {
     await Deno.mkdir(`${dir}/usage`, { recursive: true });
     const config = `${dir}/sidecar.toml`;
-    await Deno.writeTextFile(
-      config,
-      sidecarToml(dir, socket, "durable", billing.url),
-    );
+    const text = sidecarToml(dir, socket, "durable", billing.url);
+    await Deno.writeTextFile(config, text);
+    // The probe runs a sidecar in-process, so it gets the sidecar's
+    // production permission set for this config, plus --expose-gc.
+    const parsed = parseConfig(text, config);
+    if (!parsed.ok) {
+      throw new Error(`probe config is invalid: ${JSON.stringify(parsed)}`);
+    }
     const v8 = [...productionV8Flags(), "--expose-gc"].join(",");
+    const flags = denoFlags(permissionSet(parsed.config, config)).map((f) =>
+      f.startsWith("--v8-flags=") ? `--v8-flags=${v8}` : f
+    );
     const stages: Record<string, Record<string, number>[]> = {};
     for (let rep = 0; rep < ctx.options.repetitions; rep++) {
       for (const stage of ["bare", "imports", "idle"]) {
         const out = await runTool("heap probe", env.deno, [
           "run",
-          "-A",
-          "--unstable-kv",
-          `--v8-flags=${v8}`,
+          ...flags,
           `${env.root}/bench/probe/heap.ts`,
           "--stage",
           stage,

@@ -9,6 +9,9 @@ Session fixtures, started once for the whole directory:
   for its config, from `tools/sidecar_flags.ts`) in front of it; the value is
   the sidecar's bound gRPC address, read from its start-up log line.
 
+`start_stack()` starts such a pair for a test that needs one of its own
+(the stress test watches the sidecar process and its metrics).
+
 The sidecar is found through the `DENO` environment variable (set by
 `scripts/test.sh`), else the project's pinned copy in `.tools/`.
 """
@@ -26,7 +29,8 @@ import tempfile
 import time
 import types
 import urllib.request
-from typing import Callable, List, Optional
+from contextlib import contextmanager
+from typing import Callable, Iterator, List, Optional
 
 import grpc
 import pytest
@@ -135,8 +139,11 @@ def deno_path() -> str:
     return path
 
 
-def sidecar_config(directory: str, socket_path: str) -> str:
-    """A config on loopback and free ports, with the usage queue in `directory`."""
+def sidecar_config(directory: str, socket_path: str, metering: str = "") -> str:
+    """A config on loopback and free ports, with the usage queue in `directory`.
+
+    `metering` holds extra lines for the `[metering]` section.
+    """
     return f"""\
 [server]
 bind_addr = "127.0.0.1:0"
@@ -145,6 +152,7 @@ shutdown_grace_secs = 2
 
 [metering]
 usage_db_path = "{directory}/usage/usage.kv"
+{metering}
 
 [health]
 reconnect_delay_secs = 0.2
@@ -200,16 +208,30 @@ def wait_ready(metrics_addr: str, sidecar: Process) -> None:
     sidecar.fail(f"was not ready within {STARTUP_TIMEOUT_S:.0f} s")
 
 
-@pytest.fixture(scope="session")
-def sidecar_addr():
-    """`host:port` of a running sidecar whose worker is the simulator."""
+class Stack(types.SimpleNamespace):
+    """A running simulator and sidecar.
+
+    Attributes: `grpc_addr` (`host:port`), `metrics_url`
+    (`http://127.0.0.1:port`), `sidecar` and `sim` (`Process`).
+    """
+
+
+@contextmanager
+def start_stack(sim_args: Optional[List[str]] = None, metering: str = "") -> Iterator[Stack]:
+    """Starts the simulator and the sidecar in a fresh folder; stops both after.
+
+    `sim_args` replace the simulator's timing flags; `metering` adds lines
+    to the sidecar's `[metering]` section.
+    """
     # A short path: Unix socket paths are limited to 107 bytes.
     directory = tempfile.mkdtemp(prefix="cyg-", dir="/tmp")
     socket_path = os.path.join(directory, "w.sock")
     config_path = os.path.join(directory, "sidecar.toml")
     with open(config_path, "w") as f:
-        f.write(sidecar_config(directory, socket_path))
+        f.write(sidecar_config(directory, socket_path, metering))
     os.mkdir(os.path.join(directory, "usage"))
+    if sim_args is None:
+        sim_args = ["--ttft-ms", "5", "--itl-ms", "2"]
 
     started: List[Process] = []
     try:
@@ -217,7 +239,8 @@ def sidecar_addr():
         sim = Process(
             "simulator",
             [sys.executable, "-m", "cy_worker.sim", "--socket", socket_path]
-            + ["--ttft-ms", "5", "--itl-ms", "2", "--drain-timeout-secs", "2"],
+            + sim_args
+            + ["--drain-timeout-secs", "2"],
             os.path.join(directory, "sim.log"),
             env=env,
         )
@@ -237,12 +260,25 @@ def sidecar_addr():
         record = started_line(line)
         wait_ready(record["metrics_addr"], sidecar)
 
-        yield record["grpc_addr"]
+        port = record["metrics_addr"].rsplit(":", 1)[1]
+        yield Stack(
+            grpc_addr=record["grpc_addr"],
+            metrics_url=f"http://127.0.0.1:{port}",
+            sidecar=sidecar,
+            sim=sim,
+        )
     finally:
         # The sidecar first, so that it does not see its worker go away.
         for proc in reversed(started):
             proc.stop()
         shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def sidecar_addr():
+    """`host:port` of a running sidecar whose worker is the simulator."""
+    with start_stack() as stack:
+        yield stack.grpc_addr
 
 
 @pytest.fixture

@@ -6,6 +6,8 @@
  */
 
 import * as grpc from "@grpc/grpc-js";
+import { hostPort } from "../util/host_port.ts";
+import type { Readiness } from "../lifecycle/readiness.ts";
 import { generateHandler } from "./generate.ts";
 import type { GenerationDeps } from "./generation.ts";
 import { HEALTH_SERVICE, SIDECAR_SERVICE } from "./proto.ts";
@@ -19,6 +21,8 @@ export interface GatewayServerOptions {
   port: number;
   maxConcurrentStreams: number;
   maxRequestBytes: number;
+  /** Decides gRPC health and the `GetStatus` detail. */
+  readiness: Readiness;
 }
 
 /** A bound server. */
@@ -51,14 +55,13 @@ export async function startGatewayServer(
   server.addService(SIDECAR_SERVICE, {
     Generate: generateHandler(deps),
     Session: sessionHandler(deps),
-    GetStatus: getStatusHandler(deps.worker),
+    GetStatus: getStatusHandler(deps.worker, options.readiness),
   });
-  server.addService(HEALTH_SERVICE, healthHandlers(deps.worker));
+  server.addService(HEALTH_SERVICE, healthHandlers(options.readiness));
 
-  const host = options.host.includes(":") ? `[${options.host}]` : options.host;
   const port = await new Promise<number>((resolve, reject) => {
     server.bindAsync(
-      `${host}:${options.port}`,
+      hostPort(options.host, options.port),
       grpc.ServerCredentials.createInsecure(),
       (err, port) => {
         if (err) reject(err);

@@ -1,12 +1,18 @@
 /**
  * `Sidecar.GetStatus` and the standard `grpc.health.v1.Health` service.
- * Health is SERVING only while the worker is connected and ready; the empty
- * service name and `cy.sidecar.v1.Sidecar` report the same status.
+ * Health is SERVING exactly when {@link Readiness} says the sidecar takes
+ * new generations (the same decision `/readyz` reports); the empty service
+ * name and `cy.sidecar.v1.Sidecar` report the same status.
  *
  * @module
  */
 
 import * as grpc from "@grpc/grpc-js";
+import {
+  describeVerdict,
+  type Readiness,
+  type ServingVerdict,
+} from "../lifecycle/readiness.ts";
 import { SIDECAR_VERSION } from "../version.ts";
 import type { WorkerClient } from "../worker/client.ts";
 import type { WorkerStatusPb } from "./types.ts";
@@ -16,8 +22,15 @@ export const HEALTH_SERVICE_NAMES = ["", "cy.sidecar.v1.Sidecar"];
 
 type ServingStatus = "SERVING" | "NOT_SERVING" | "SERVICE_UNKNOWN";
 
-/** The worker status message for a state. */
-export function workerStatus(worker: WorkerClient): WorkerStatusPb {
+/**
+ * The worker status message: the worker connection's state, and in
+ * `detail` why no new generations are taken while the connection is fine
+ * (shutdown begun, usage queue full).
+ */
+export function workerStatus(
+  worker: WorkerClient,
+  verdict: ServingVerdict,
+): WorkerStatusPb {
   const s = worker.state;
   const base: WorkerStatusPb = {
     state: "DISCONNECTED",
@@ -36,7 +49,7 @@ export function workerStatus(worker: WorkerClient): WorkerStatusPb {
   }
   switch (s.state) {
     case "ready":
-      return { ...base, state: "CONNECTED" };
+      return { ...base, state: "CONNECTED", detail: describeVerdict(verdict) };
     case "reloading":
       return {
         ...base,
@@ -58,31 +71,24 @@ export function workerStatus(worker: WorkerClient): WorkerStatusPb {
   }
 }
 
-/** SERVING while the worker is ready and the sidecar takes new work. */
-export function servingStatus(worker: WorkerClient): ServingStatus {
-  return worker.accepting ? "SERVING" : "NOT_SERVING";
+/** The health status for a verdict. */
+export function servingStatus(verdict: ServingVerdict): ServingStatus {
+  return verdict.serving ? "SERVING" : "NOT_SERVING";
 }
 
-/** Handlers of `Sidecar.GetStatus`. */
+/** Handler of `Sidecar.GetStatus`. */
 export function getStatusHandler(
   worker: WorkerClient,
+  readiness: Readiness,
 ): grpc.handleUnaryCall<unknown, WorkerStatusPb> {
-  return (_call, callback) => callback(null, workerStatus(worker));
+  return (_call, callback) =>
+    callback(null, workerStatus(worker, readiness.verdict));
 }
 
-/** Handlers of `grpc.health.v1.Health`. */
+/** Handlers of `grpc.health.v1.Health`, reading `readiness`. */
 export function healthHandlers(
-  worker: WorkerClient,
+  readiness: Readiness,
 ): grpc.UntypedServiceImplementation {
-  const watchers = new Set<(s: ServingStatus) => void>();
-  let last = servingStatus(worker);
-  worker.onStateChange(() => {
-    const next = servingStatus(worker);
-    if (next === last) return;
-    last = next;
-    for (const w of watchers) w(next);
-  });
-
   const known = (service: string) => HEALTH_SERVICE_NAMES.includes(service);
 
   return {
@@ -97,18 +103,26 @@ export function healthHandlers(
         });
         return;
       }
-      callback(null, { status: servingStatus(worker) });
+      callback(null, { status: servingStatus(readiness.verdict) });
     },
     Watch(call: grpc.ServerWritableStream<{ service: string }, unknown>) {
       if (!known(call.request.service)) {
         call.write({ status: "SERVICE_UNKNOWN" });
         return; // stays open, as the protocol asks: the service may appear
       }
-      const send = (status: ServingStatus) => call.write({ status });
-      send(servingStatus(worker));
-      watchers.add(send);
-      call.on("cancelled", () => watchers.delete(send));
-      call.on("close", () => watchers.delete(send));
+      // Readiness reports flips of its own last reading; this watcher's
+      // first status may already be newer (a meter change not yet polled),
+      // so it keeps its own last status and never repeats it.
+      let last = servingStatus(readiness.verdict);
+      call.write({ status: last });
+      const unsubscribe = readiness.onChange((v) => {
+        const next = servingStatus(v);
+        if (next === last) return;
+        last = next;
+        call.write({ status: next });
+      });
+      call.on("cancelled", unsubscribe);
+      call.on("close", unsubscribe);
     },
   };
 }

@@ -42,29 +42,26 @@ function granting(flags: string[]): PermissionQuery {
   };
 }
 
-const BUILT_FOR = config(`[server]
+const BUILT_FOR_TEXT = `[server]
 bind_addr = "0.0.0.0:50051"
 worker_uds = "unix:///tmp/cy_worker.sock"
 [metering]
 billing_endpoint = "http://billing-service:8080/v1/usage"
 usage_db_path = "/var/lib/cy-sidecar/usage.kv"
-`);
+`;
+const BUILT_FOR = config(BUILT_FOR_TEXT);
 const GRANTED = granting(denoFlags(permissionSet(BUILT_FOR)));
 
-Deno.test("a configuration inside the permission set it was built for passes", () => {
-  assertEquals(missingPermissions(BUILT_FOR, GRANTED), []);
-  const retuned = config(`[server]
+// Same listeners, socket, queue folder and billing host: inside the set.
+const RETUNED_TEXT = `[server]
 worker_uds = "unix:///tmp/cy_worker.sock"
 shutdown_grace_secs = 10
 [metering]
 billing_endpoint = "http://billing-service:8080/v2/usage"
 usage_db_path = "/var/lib/cy-sidecar/other.kv"
-`);
-  assertEquals(missingPermissions(retuned, GRANTED), []);
-});
+`;
 
-Deno.test("every setting that points outside the set is reported", () => {
-  const outside = config(`[server]
+const OUTSIDE_TEXT = `[server]
 bind_addr = "127.0.0.1:50051"
 worker_uds = "/run/other/w.sock"
 [metering]
@@ -73,18 +70,28 @@ usage_db_path = "/home/nonroot/usage.kv"
 [observability]
 metrics_host = "127.0.0.1"
 metrics_port = 9191
-`);
+`;
+const OUTSIDE_MISSING = [
+  "net 127.0.0.1:50051",
+  "net 127.0.0.1:9191",
+  "net collector.example:443",
+  "read /run/other/w.sock",
+  "write /run/other/w.sock",
+  "read /home/nonroot",
+  "write /home/nonroot",
+];
+
+Deno.test("a configuration inside the permission set it was built for passes", () => {
+  assertEquals(missingPermissions(BUILT_FOR, GRANTED), []);
+  assertEquals(missingPermissions(config(RETUNED_TEXT), GRANTED), []);
+});
+
+Deno.test("every setting that points outside the set is reported", () => {
   assertEquals(
-    missingPermissions(outside, GRANTED).map((m) => `${m.name} ${m.target}`),
-    [
-      "net 127.0.0.1:50051",
-      "net 127.0.0.1:9191",
-      "net collector.example:443",
-      "read /run/other/w.sock",
-      "write /run/other/w.sock",
-      "read /home/nonroot",
-      "write /home/nonroot",
-    ],
+    missingPermissions(config(OUTSIDE_TEXT), GRANTED).map((m) =>
+      `${m.name} ${m.target}`
+    ),
+    OUTSIDE_MISSING,
   );
 });
 
@@ -129,7 +136,43 @@ Deno.test("the report names each path or host, the setting and the flag, then wh
   ok(lines[3].includes("docs/deployment.md"));
 });
 
-Deno.test("the real query sees the permissions of this test process", () => {
-  // The test runner has every permission, so nothing is missing.
-  assertEquals(missingPermissions(BUILT_FOR), []);
+Deno.test("with Deno's own query, a process given the set of one config finds exactly what another config needs beyond it", async () => {
+  // The test runner has every permission, so the real query is asked in a
+  // process started with only the set derived from BUILT_FOR.
+  const here = (p: string) => JSON.stringify(new URL(p, import.meta.url).href);
+  const probe = await Deno.makeTempFile({ suffix: ".ts" });
+  await Deno.writeTextFile(
+    probe,
+    `import { parseConfig } from ${here("../config/mod.ts")};
+import { missingPermissions } from ${here("./sandbox_check.ts")};
+for (const text of Deno.args) {
+  const parsed = parseConfig(text, "sidecar.toml");
+  if (!parsed.ok) throw new Error(JSON.stringify(parsed.problems));
+  const missing = missingPermissions(parsed.config);
+  console.log(JSON.stringify(missing.map((m) => m.name + " " + m.target)));
+}
+`,
+  );
+  try {
+    const out = await new Deno.Command(Deno.execPath(), {
+      args: [
+        "run",
+        `--config=${new URL("../../deno.json", import.meta.url).pathname}`,
+        ...denoFlags(permissionSet(BUILT_FOR)),
+        probe,
+        BUILT_FOR_TEXT,
+        RETUNED_TEXT,
+        OUTSIDE_TEXT,
+      ],
+      stdout: "piped",
+      stderr: "piped",
+    }).output();
+    const stderr = new TextDecoder().decode(out.stderr);
+    assertEquals(out.code, 0, stderr);
+    const verdicts = new TextDecoder().decode(out.stdout).trim().split("\n")
+      .map((l) => JSON.parse(l));
+    assertEquals(verdicts, [[], [], OUTSIDE_MISSING]);
+  } finally {
+    await Deno.remove(probe);
+  }
 });

@@ -1,11 +1,13 @@
 /**
  * The observability port: Prometheus text on `/metrics`, liveness on
- * `/healthz` (the process answers) and readiness on `/readyz` (the worker
- * is connected and ready, the same story as gRPC health).
+ * `/healthz` (the process answers) and readiness on `/readyz` (the sidecar
+ * takes new generations: the decision of `src/lifecycle/readiness.ts`,
+ * which gRPC health reports too).
  *
  * @module
  */
 
+import type { Readiness } from "../lifecycle/readiness.ts";
 import type { WorkerClient } from "../worker/client.ts";
 import type { SidecarMetrics } from "./registry.ts";
 
@@ -16,17 +18,15 @@ export interface MetricsServerOptions {
   port: number;
   metrics: SidecarMetrics;
   worker: WorkerClient;
-  /** True once shutdown began: readiness fails so traffic moves away. */
-  shuttingDown: () => boolean;
-  /** True while the usage queue is full and new generations are refused. */
-  meteringFull: () => boolean;
+  /** Decides `/readyz` (200 exactly when serving). */
+  readiness: Readiness;
 }
 
 /** Serves the observability endpoints; returns the server and bound port. */
 export function startMetricsServer(
   options: MetricsServerOptions,
 ): { server: Deno.HttpServer; port: number } {
-  const { metrics, worker } = options;
+  const { metrics, worker, readiness } = options;
   let bound = 0;
   const listening = (addr: Deno.NetAddr) => {
     bound = addr.port;
@@ -49,17 +49,16 @@ export function startMetricsServer(
         return Response.json({ status: "ok" });
       case "/readyz": {
         const s = worker.state;
-        const usageFull = options.meteringFull();
-        const ready = s.state === "ready" && !options.shuttingDown() &&
-          !usageFull;
+        const verdict = readiness.verdict;
         return Response.json(
           {
-            ready,
+            ready: verdict.serving,
+            reasons: verdict.reasons,
             worker_state: s.state,
-            usage_queue_full: usageFull,
+            usage_queue_full: verdict.reasons.includes("metering_refusing"),
             ...("info" in s ? { model_id: s.info.modelId } : {}),
           },
-          { status: ready ? 200 : 503 },
+          { status: verdict.serving ? 200 : 503 },
         );
       }
       default:

@@ -76,7 +76,10 @@ export class SidecarMetrics {
     });
     this.workerStatus = new client.Gauge({
       name: "sidecar_worker_connection_status",
-      help: "1 for the worker connection's current status, 0 for the others.",
+      // The connection only: it stays "connected" while a shutdown drains
+      // or the usage queue is full. Readiness is sidecar_ready.
+      help:
+        "1 for the worker connection's current status, 0 for the others (the connection, not readiness: see sidecar_ready).",
       labelNames: ["status"] as const,
       registers,
     });
@@ -135,7 +138,7 @@ export class SidecarMetrics {
     this.usageSendFailures = new client.Counter({
       name: "sidecar_usage_send_failures_total",
       help:
-        "Failed usage batch sends, by kind (network, timeout, http_4xx, http_5xx, http_429).",
+        "Failed usage batch sends, by kind (network, timeout, http_4xx, http_5xx, http_429, http_other; queue: the usage database failed).",
       labelNames: ["kind"] as const,
       registers,
     });

@@ -1,17 +1,19 @@
 // deno-lint-ignore-file no-explicit-any -- grpc-js stubs are untyped
 import { equal, match, ok } from "node:assert/strict";
 import {
-  DENO,
   gateway,
   generate,
   metric,
-  Proc,
+  type Proc,
   req,
+  runMain,
   startSidecar,
   startSim,
   tempDir,
   waitReady,
+  within,
 } from "../helpers/harness.ts";
+import { ScriptedWorker } from "../helpers/scripted_worker.ts";
 
 const FAST = ["--ttft-ms", "2", "--itl-ms", "2"];
 
@@ -135,6 +137,15 @@ Deno.test("a hung worker (SIGSTOP) is detected by heartbeat; it serves again aft
     const meanwhile = await generate(client, req("h-2"));
     equal(meanwhile.error?.code, 14);
     ok(pushback(meanwhile.error) > 0);
+    // The stopped process's socket still accepts connections: each attempt
+    // fails its handshake at the timeout and the next one follows.
+    await poll(
+      async () =>
+        await metric(sidecar, "sidecar_worker_connection_errors_total", {
+          kind: "handshake",
+        }) >= 2,
+      "two handshake timeouts while the worker is stopped",
+    );
 
     sim.signal("SIGCONT");
     await waitReady(sidecar, 20_000);
@@ -333,44 +344,200 @@ Deno.test("beyond the worker's concurrency limit requests wait in a bounded queu
   }
 });
 
-Deno.test("SIGTERM lets streams in flight finish, refuses new ones, flushes usage and exits 0", async () => {
+for (const signal of ["SIGTERM", "SIGINT"] as const) {
+  Deno.test(`${signal} lets streams in flight finish, refuses new ones, flushes usage and exits 0`, async () => {
+    const dir = await tempDir();
+    const sock = `${dir}/w.sock`;
+    const sim = await startSim(sock, FAST);
+    const sidecar = await startSidecar(dir, sock);
+    const client = gateway(sidecar.grpcAddr);
+    try {
+      const streams = [0, 1, 2].map((i) =>
+        generate(
+          client,
+          req(`t-${i}`, "drain [[sim tokens=30 itl_ms=30]]", {
+            sampling: { max_tokens: 0 },
+          }),
+        )
+      );
+      await poll(
+        async () =>
+          (await metric(sidecar, "sidecar_generations_in_flight")) === 3,
+        "3 in flight",
+      );
+      sidecar.proc.signal(signal);
+      await sidecar.proc.waitFor(/"msg":"shutting down"/);
+
+      const results = await Promise.all(streams);
+      for (const r of results) {
+        equal(r.error, null);
+        equal(r.tokenIds.length, 30);
+      }
+      const late = await generate(gateway(sidecar.grpcAddr), req("t-late"));
+      equal(late.error?.code, 14);
+
+      const exit = await sidecar.proc.exited;
+      equal(exit.code, 0);
+      await sidecar.proc.waitFor(/"msg":"stopped"/);
+    } finally {
+      client.close();
+      await sidecar.proc.kill();
+      await sim.kill();
+    }
+  });
+}
+
+Deno.test("a second SIGINT during the drain exits at once with status 130, where the first alone keeps draining", async () => {
   const dir = await tempDir();
   const sock = `${dir}/w.sock`;
   const sim = await startSim(sock, FAST);
-  const sidecar = await startSidecar(dir, sock);
+  // The grace is far longer than the test: only the second signal can end it.
+  const sidecar = await startSidecar(
+    dir,
+    sock,
+    "[server]\nshutdown_grace_secs = 300",
+  );
   const client = gateway(sidecar.grpcAddr);
   try {
-    const streams = [0, 1, 2].map((i) =>
-      generate(
-        client,
-        req(`t-${i}`, "drain [[sim tokens=30 itl_ms=30]]", {
-          sampling: { max_tokens: 0 },
-        }),
-      )
+    const tokens: number[] = [];
+    const call = client.Generate(
+      req("i-1", "endless [[sim tokens=100000 itl_ms=10]]", {
+        sampling: { max_tokens: 0 },
+      }),
     );
-    await poll(
-      async () =>
-        (await metric(sidecar, "sidecar_generations_in_flight")) === 3,
-      "3 in flight",
-    );
-    sidecar.proc.signal("SIGTERM");
-    await sidecar.proc.waitFor(/"msg":"shutting down"/);
+    call.on("data", (e: any) => {
+      if (e.kind === "chunk") tokens.push(...e.chunk.token_ids);
+    });
+    const ended = new Promise<any>((resolve) => {
+      call.on("error", resolve);
+      call.on("end", () => resolve(null));
+    });
+    await poll(() => tokens.length > 0, "the first token");
 
-    const results = await Promise.all(streams);
-    for (const r of results) {
-      equal(r.error, null);
-      equal(r.tokenIds.length, 30);
-    }
-    const late = await generate(gateway(sidecar.grpcAddr), req("t-late"));
+    sidecar.proc.signal("SIGINT");
+    await sidecar.proc.waitFor(/"msg":"shutting down".*"signal":"SIGINT"/);
+    // Draining: the stream goes on and the process stays.
+    const atFirst = tokens.length;
+    await poll(
+      () => tokens.length >= atFirst + 20,
+      "20 more tokens after SIGINT",
+    );
+    const late = await generate(gateway(sidecar.grpcAddr), req("i-late"));
     equal(late.error?.code, 14);
 
-    const exit = await sidecar.proc.exited;
-    equal(exit.code, 0);
-    await sidecar.proc.waitFor(/"msg":"stopped"/);
+    sidecar.proc.signal("SIGINT");
+    const exit = await within("the exit", sidecar.proc.exited);
+    equal(exit.code, 130);
+    const warning = JSON.parse(
+      await sidecar.proc.waitFor(/"msg":"second signal, exiting now"/),
+    );
+    equal(warning.exit_code, 130);
+    ok(!sidecar.proc.lines.some((l) => l.includes('"msg":"stopped"')));
+    // The stream was cut, not drained.
+    const err = await within("the stream's end", ended);
+    ok(err !== null, "the stream failed");
+    ok(tokens.length < 100_000);
   } finally {
     client.close();
     await sidecar.proc.kill();
     await sim.kill();
+  }
+});
+
+Deno.test("a request waiting for a worker slot fails after queue_timeout_secs with RESOURCE_EXHAUSTED and a pushback", async () => {
+  const dir = await tempDir();
+  const sock = `${dir}/w.sock`;
+  const sim = await startSim(sock, [...FAST, "--max-concurrency", "1"]);
+  const sidecar = await startSidecar(
+    dir,
+    sock,
+    "[worker]\nmax_queued_requests = 4\nqueue_timeout_secs = 0.5",
+  );
+  const client = gateway(sidecar.grpcAddr);
+  const busy = client.Generate(
+    req("q-1", "endless [[sim tokens=100000 itl_ms=10]]", {
+      sampling: { max_tokens: 0 },
+    }),
+  );
+  busy.on("data", () => {});
+  busy.on("error", () => {});
+  try {
+    await poll(
+      async () =>
+        (await metric(sidecar, "sidecar_generations_in_flight")) === 1,
+      "the slot taken",
+    );
+    const waited = await within(
+      "the queued request",
+      generate(client, req("q-2")),
+    );
+
+    equal(waited.error?.code, 8);
+    match(waited.error!.details, /no worker slot became free within 500 ms/);
+    ok(pushback(waited.error) > 0);
+    equal(await metric(sidecar, "sidecar_generations_waiting"), 0);
+  } finally {
+    busy.cancel();
+    client.close();
+    await sidecar.proc.kill();
+    await sim.kill();
+  }
+});
+
+Deno.test("a worker that keeps re-announcing its reload holds a request no longer than max_hold_secs; past max_held_requests requests fail at once", async () => {
+  const worker = await ScriptedWorker.listen();
+  const dir = await tempDir();
+  const sidecar = await startSidecar(
+    dir,
+    worker.path,
+    "[health]\nreload_grace_secs = 0.5\nmax_hold_secs = 2\nmax_held_requests = 1\nheartbeat_timeout_secs = 5",
+    { waitReady: false },
+  );
+  worker.answerAll();
+  await waitReady(sidecar);
+  const peer = worker.live!;
+  const client = gateway(sidecar.grpcAddr);
+  // Every 200 ms the worker says it needs another second: each
+  // announcement alone would hold a request 1.5 s past it.
+  let announcing = true;
+  const announcer = (async () => {
+    while (announcing && !peer.closed) {
+      await peer.send({ type: "status", state: "reloading", eta_ms: 1000 })
+        .catch(() => {});
+      await new Promise((r) => setTimeout(r, 200));
+    }
+  })();
+  try {
+    await poll(
+      async () =>
+        (await status(sidecar.metricsUrl)).body.worker_state === "reloading",
+      "reloading",
+    );
+    const held = watch(client, req("mh-1"));
+    await poll(() => held.events.length > 0, "the hold's system event");
+    equal(held.events[0].system.kind, "RELOADING");
+
+    const second = await generate(client, req("mh-2"));
+    equal(second.error?.code, 14);
+    match(second.error!.details, /1 requests are already held/);
+    ok(pushback(second.error) > 0);
+
+    await within("the held request's end", held.ended);
+    const err = held.error();
+    equal(err?.code, 14);
+    match(
+      err.details,
+      /after holding this request for 2s \(health\.max_hold_secs\)/,
+    );
+    ok(pushback(err) > 0);
+    // The worker was still announcing: only the cap ended the hold.
+    equal((await status(sidecar.metricsUrl)).body.worker_state, "reloading");
+  } finally {
+    announcing = false;
+    await announcer;
+    client.close();
+    await sidecar.proc.kill();
+    worker.close();
   }
 });
 
@@ -403,17 +570,9 @@ Deno.test("past the shutdown grace, generations still running fail with UNAVAILA
     match(out.error!.details, /shutting down/);
     equal((await sidecar.proc.exited).code, 0);
 
-    const dump = new Proc(DENO, [
-      "run",
-      "-A",
-      "--unstable-kv",
-      "main.ts",
-      "--config",
-      sidecar.configPath,
-      "--dump-usage",
-    ]);
-    equal((await dump.exited).code, 0);
-    const [entry] = dump.lines.filter((l) => l.startsWith("{")).map((l) =>
+    const dump = await runMain(sidecar.configPath, ["--dump-usage"]);
+    equal(dump.code, 0);
+    const [entry] = dump.stdout.filter((l) => l.startsWith("{")).map((l) =>
       JSON.parse(l)
     );
     equal(entry.record.request_id, "g-1");

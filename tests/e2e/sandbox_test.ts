@@ -16,11 +16,15 @@ import {
   generate,
   Proc,
   req,
+  runMain,
   startSidecar,
   startSim,
   tempDir,
+  waitUntil,
   within,
 } from "../helpers/harness.ts";
+
+const ROOT = new URL("../../", import.meta.url).pathname;
 
 /** The arguments a running process was started with. */
 async function commandLine(pid: number): Promise<string[]> {
@@ -204,4 +208,186 @@ Deno.test("a config file the permission set does not name cannot even be read", 
     ),
     proc.lines.join("\n"),
   );
+});
+
+Deno.test("--dump-usage and --check-config run under the production set of their config", async () => {
+  const dir = await tempDir();
+  const sock = `${dir}/w.sock`;
+  const sim = await startSim(sock, ["--ttft-ms", "2", "--itl-ms", "1"]);
+  // No billing endpoint: the record stays in the queue for the dump.
+  const sidecar = await startSidecar(dir, sock);
+  const client = gateway(sidecar.grpcAddr);
+  try {
+    const out = await generate(client, req("dump-1", "keep this one"));
+    equal(out.error, null);
+    sidecar.proc.signal("SIGTERM");
+    equal((await within("the sidecar exits", sidecar.proc.exited)).code, 0);
+
+    const dump = await runMain(sidecar.configPath, ["--dump-usage"]);
+    equal(dump.code, 0, dump.stderr.join("\n"));
+    const entries = dump.stdout.map((l) => JSON.parse(l));
+    equal(entries.length, 1);
+    equal(entries[0].record.request_id, "dump-1");
+    equal(entries[0].record.completion_tokens, out.tokenIds.length);
+
+    const checked = await runMain(sidecar.configPath, ["--check-config"]);
+    equal(checked.code, 0, checked.stderr.join("\n"));
+    deepStrictEqual(checked.stdout, [`${sidecar.configPath}: ok`]);
+  } finally {
+    client.close();
+    await sidecar.proc.kill();
+    await sim.kill();
+  }
+});
+
+Deno.test("on IPv6 loopback the sidecar listens, serves and bills under the production set", async () => {
+  const dir = await tempDir();
+  const sock = `${dir}/w.sock`;
+  const received: { request_id: string; completion_tokens: number }[] = [];
+  let billingPort = 0;
+  const billing = Deno.serve({
+    hostname: "::1",
+    port: 0,
+    onListen: (a) => (billingPort = a.port),
+  }, async (r) => {
+    const records = (await r.json()).records;
+    received.push(...records);
+    return Response.json({ accepted: records.length });
+  });
+  const sim = await startSim(sock, ["--ttft-ms", "2", "--itl-ms", "1"]);
+  const sidecar = await startSidecar(
+    dir,
+    sock,
+    `[server]
+bind_addr = "[::1]:0"
+[metering]
+billing_endpoint = "http://[::1]:${billingPort}/v1/usage"
+batch_interval_secs = 0.1
+[observability]
+metrics_host = "::1"`,
+    { waitReady: false },
+  );
+  // The start-up line joins host and port with a colon; the port is last.
+  const started = sidecar.proc.logs().find((l) =>
+    l.msg === "cy-sidecar started"
+  )!;
+  const port = (addr: unknown) => String(addr).split(":").at(-1);
+  const client = gateway(`[::1]:${port(started.grpc_addr)}`);
+  try {
+    const text = await Deno.readTextFile(sidecar.configPath);
+    const parsed = parseConfig(text, sidecar.configPath);
+    ok(parsed.ok);
+    const net = denoFlags(permissionSet(parsed.config, sidecar.configPath))
+      .find((f) => f.startsWith("--allow-net="));
+    equal(net, `--allow-net=[::1],[::1]:${billingPort}`);
+
+    const readyz = `http://[::1]:${port(started.metrics_addr)}/readyz`;
+    await waitUntil("/readyz on [::1] answers 200", async () => {
+      const res = await fetch(readyz).catch(() => null);
+      await res?.body?.cancel();
+      return res?.status === 200;
+    });
+    const out = await generate(client, req("v6-1", "over IPv6"));
+    equal(out.error, null);
+    await waitUntil(
+      "billing on [::1] has the record",
+      () => received.some((r) => r.request_id === "v6-1"),
+    );
+    equal(
+      received.find((r) => r.request_id === "v6-1")!.completion_tokens,
+      out.tokenIds.length,
+    );
+  } finally {
+    client.close();
+    await sidecar.proc.kill();
+    await sim.kill();
+    await billing.shutdown();
+  }
+});
+
+/**
+ * A config file laid out as a Kubernetes ConfigMap mounts it:
+ * `sidecar.toml -> ..data/sidecar.toml`, `..data -> ..<version>/`.
+ * Returns the link path; `update` publishes new contents the same way the
+ * kubelet does (a new version folder, then an atomic swap of `..data`).
+ */
+async function configMapMount(dir: string, text: string) {
+  let version = 0;
+  const publish = async (contents: string) => {
+    const folder = `..2024_01_01_00_00_0${version++}`;
+    await Deno.mkdir(`${dir}/${folder}`);
+    await Deno.writeTextFile(`${dir}/${folder}/sidecar.toml`, contents);
+    await Deno.symlink(folder, `${dir}/..data_tmp`);
+    await Deno.rename(`${dir}/..data_tmp`, `${dir}/..data`);
+    return `${dir}/${folder}/sidecar.toml`;
+  };
+  const target = await publish(text);
+  await Deno.symlink("..data/sidecar.toml", `${dir}/sidecar.toml`);
+  return { link: `${dir}/sidecar.toml`, target, update: publish };
+}
+
+Deno.test("a config mounted through symbolic links, as a ConfigMap is, runs under the flags tools/sidecar_flags.ts prints, also after the links move", async () => {
+  const dir = await tempDir();
+  const sock = `${dir}/w.sock`;
+  const mount = `${dir}/config`;
+  await Deno.mkdir(mount);
+  await Deno.mkdir(`${dir}/usage`);
+  const text = (grace: number) =>
+    `[server]
+bind_addr = "127.0.0.1:0"
+worker_uds = "unix://${sock}"
+shutdown_grace_secs = ${grace}
+[metering]
+usage_db_path = "${dir}/usage/usage.kv"
+[observability]
+metrics_host = "127.0.0.1"
+metrics_port = 0
+`;
+  const { link, target, update } = await configMapMount(mount, text(5));
+
+  // The flags exactly as the README prints them, from the link's path.
+  const printed = await new Deno.Command(DENO, {
+    args: ["run", "--allow-read", "tools/sidecar_flags.ts", link],
+    cwd: ROOT,
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  equal(printed.code, 0, new TextDecoder().decode(printed.stderr));
+  const flags = new TextDecoder().decode(printed.stdout).trim().split("\n");
+  const read = flags.find((f) => f.startsWith("--allow-read="))!;
+  ok(read.split("=")[1].split(",").includes(link), read);
+  ok(!read.includes(target), `${read} grants the link's target`);
+
+  const sim = await startSim(sock, ["--ttft-ms", "2", "--itl-ms", "1"]);
+  const proc = new Proc(DENO, ["run", ...flags, "main.ts", "--config", link]);
+  try {
+    const started = JSON.parse(
+      await proc.waitFor(/"msg":"cy-sidecar started"/, 30_000),
+    );
+    const client = gateway(started.grpc_addr);
+    try {
+      await waitUntil("the worker is connected", async () => {
+        const out = await generate(client, req("link-1", "through links"));
+        return out.error === null;
+      });
+    } finally {
+      client.close();
+    }
+
+    // The ConfigMap changes: new version folder, ..data swapped. The
+    // same flags still cover the file, as Deno checks the path given.
+    const next = await update(text(7));
+    const checked = await new Deno.Command(DENO, {
+      args: ["run", ...flags, "main.ts", "--config", link, "--check-config"],
+      cwd: ROOT,
+      stdout: "piped",
+      stderr: "piped",
+    }).output();
+    equal(checked.code, 0, new TextDecoder().decode(checked.stderr));
+    equal(new TextDecoder().decode(checked.stdout).trim(), `${link}: ok`);
+    ok(!read.includes(next));
+  } finally {
+    await proc.kill();
+    await sim.kill();
+  }
 });

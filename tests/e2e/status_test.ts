@@ -1,7 +1,8 @@
 // deno-lint-ignore-file no-explicit-any -- grpc-js clients are untyped stubs
-import { equal, match, ok } from "node:assert/strict";
+import { deepStrictEqual, equal, match, ok } from "node:assert/strict";
 import * as grpc from "@grpc/grpc-js";
 import { SIDECAR_VERSION } from "../../src/version.ts";
+import { BillingServer } from "../helpers/billing_server.ts";
 import {
   gateway,
   generate,
@@ -147,6 +148,74 @@ Deno.test("health, readiness and status follow the worker: SERVING while connect
   }
 });
 
+Deno.test("while the worker reloads, GetStatus says RELOADING with its ETA and health is NOT_SERVING", async () => {
+  const t = await setup(["--reload-eta-secs", "30", "--reload-secs", "30"]);
+  const updates: string[] = [];
+  const watch = t.health.Watch({ service: "" });
+  watch.on("data", (m: { status: string }) => updates.push(m.status));
+  watch.on("error", () => {});
+  try {
+    await waitUntil("Watch sends SERVING", () => updates[0] === "SERVING");
+    t.sim.signal("SIGUSR1");
+    await waitUntil(
+      "GetStatus says RELOADING",
+      async () => (await getStatus(t.client)).state === "RELOADING",
+    );
+
+    const status = await getStatus(t.client);
+    ok(
+      status.eta_ms > 0 && status.eta_ms <= 30_000,
+      `eta_ms ${status.eta_ms}`,
+    );
+    equal(status.model_id, "sim-1");
+    for (const service of ["", "cy.sidecar.v1.Sidecar"]) {
+      equal(await check(t.health, service), "NOT_SERVING", service);
+    }
+    await waitUntil(
+      "Watch sends NOT_SERVING",
+      () => updates.includes("NOT_SERVING"),
+    );
+    equal((await readyz(t.sidecar.metricsUrl)).status, 503);
+  } finally {
+    watch.cancel();
+    await t.close();
+  }
+});
+
+Deno.test("while the worker drains, GetStatus says DRAINING and health is NOT_SERVING", async () => {
+  const t = await setup();
+  // A generation in flight keeps the draining worker from closing.
+  const call = t.client.Generate(
+    req("drain-1", "go on [[sim tokens=100000 itl_ms=10]]", {
+      sampling: { max_tokens: 0 },
+    }),
+  );
+  call.on("data", () => {});
+  call.on("error", () => {});
+  try {
+    await waitUntil(
+      "the generation is in flight",
+      async () => (await getStatus(t.client)).in_flight === 1,
+    );
+    t.sim.signal("SIGTERM");
+    await waitUntil(
+      "GetStatus says DRAINING",
+      async () => (await getStatus(t.client)).state === "DRAINING",
+    );
+
+    equal((await getStatus(t.client)).in_flight, 1);
+    for (const service of ["", "cy.sidecar.v1.Sidecar"]) {
+      equal(await check(t.health, service), "NOT_SERVING", service);
+    }
+    equal((await readyz(t.sidecar.metricsUrl)).status, 503);
+    const refused = await within("refused", generate(t.client, req("drain-2")));
+    equal(refused.error?.code, grpc.status.UNAVAILABLE);
+  } finally {
+    call.cancel();
+    await t.close();
+  }
+});
+
 Deno.test("Watch of an unknown service answers SERVICE_UNKNOWN", async () => {
   const t = await setup();
   const watch = t.health.Watch({ service: "no.such.Service" });
@@ -266,5 +335,157 @@ Deno.test("/metrics exposes every metric of the design with values that match a 
     ok(await metric(s, "sidecar_worker_connection_errors_total") >= 2);
   } finally {
     await t.close();
+  }
+});
+
+/** Collects every status a health `Watch` of `""` sends. */
+function watchHealth(health: Client): { updates: string[]; cancel(): void } {
+  const updates: string[] = [];
+  const watch = health.Watch({ service: "" });
+  watch.on("data", (m: { status: string }) => updates.push(m.status));
+  watch.on("error", () => {});
+  return { updates, cancel: () => watch.cancel() };
+}
+
+Deno.test("a full usage queue turns health NOT_SERVING and /readyz 503 together, and both recover when billing is back", async () => {
+  // Billing is unreachable (its port closed), so records stay queued.
+  const billing = new BillingServer();
+  billing.start();
+  await billing.stopListening();
+  const dir = await tempDir();
+  const sock = `${dir}/w.sock`;
+  const sim = await startSim(sock, ["--ttft-ms", "2", "--itl-ms", "1"]);
+  const sidecar = await startSidecar(
+    dir,
+    sock,
+    `[metering]
+billing_endpoint = "${billing.url}"
+batch_interval_secs = 0.1
+request_timeout_secs = 0.5
+offline_queue_size = 3`,
+  );
+  const client = gateway(sidecar.grpcAddr);
+  const health = healthClient(sidecar.grpcAddr);
+  const watch = watchHealth(health);
+  const ready = async () => (await readyz(sidecar.metricsUrl)).status;
+  try {
+    await waitUntil(
+      "Watch sends SERVING",
+      () => watch.updates[0] === "SERVING",
+    );
+    for (let i = 0; i < 3; i++) {
+      equal((await generate(client, req(`fill-${i}`))).error, null);
+    }
+
+    // The third record filled the queue before its generation ended.
+    equal(await check(health, ""), "NOT_SERVING");
+    equal(await check(health, "cy.sidecar.v1.Sidecar"), "NOT_SERVING");
+    const notReady = await readyz(sidecar.metricsUrl);
+    equal(notReady.status, 503);
+    equal(notReady.body.ready, false);
+    equal(notReady.body.usage_queue_full, true);
+    equal(notReady.body.reasons.join(), "metering_refusing");
+    await waitUntil(
+      "Watch sends NOT_SERVING",
+      () => watch.updates.includes("NOT_SERVING"),
+    );
+    const status = await getStatus(client);
+    equal(status.state, "CONNECTED");
+    match(status.detail, /usage queue is full/);
+    equal(await metric(sidecar, "sidecar_ready"), 0);
+    // The connection itself is fine, and its gauge says so.
+    equal(
+      await metric(sidecar, "sidecar_worker_connection_status", {
+        status: "connected",
+      }),
+      1,
+    );
+    const refused = await generate(client, req("fill-3"));
+    equal(refused.error?.code, grpc.status.UNAVAILABLE);
+    match(refused.error!.details, /usage queue is full/);
+
+    // Billing comes back on the same port and takes the backlog.
+    billing.start();
+    await billing.waitFor((u) => u.length === 3, 30_000);
+    await waitUntil(
+      "Watch sends SERVING again",
+      () => watch.updates.at(-1) === "SERVING" && watch.updates.length === 3,
+    );
+    equal(await check(health, ""), "SERVING");
+    equal(await ready(), 200);
+    equal((await getStatus(client)).detail, "");
+    equal(await metric(sidecar, "sidecar_ready"), 1);
+    equal((await generate(client, req("after-1"))).error, null);
+    deepStrictEqual(watch.updates, ["SERVING", "NOT_SERVING", "SERVING"]);
+  } finally {
+    watch.cancel();
+    client.close();
+    health.close();
+    await sidecar.proc.kill();
+    await sim.kill();
+    await billing.close();
+  }
+});
+
+Deno.test("at shutdown health, /readyz and sidecar_ready turn off together while the connection gauge still says connected", async () => {
+  const dir = await tempDir();
+  const sock = `${dir}/w.sock`;
+  const sim = await startSim(sock, ["--ttft-ms", "5", "--itl-ms", "2"]);
+  // A long grace, so the drain outlasts every check below.
+  const sidecar = await startSidecar(
+    dir,
+    sock,
+    "[server]\nshutdown_grace_secs = 120",
+  );
+  const client = gateway(sidecar.grpcAddr);
+  const health = healthClient(sidecar.grpcAddr);
+  const watch = watchHealth(health);
+  const long = client.Generate(
+    req("drain-1", "go on [[sim tokens=100000 itl_ms=10]]", {
+      sampling: { max_tokens: 0 },
+    }),
+  );
+  long.on("error", () => {});
+  long.on("data", () => {});
+  try {
+    await waitUntil(
+      "Watch sends SERVING",
+      () => watch.updates[0] === "SERVING",
+    );
+    await waitUntil(
+      "the generation runs",
+      async () => (await getStatus(client)).in_flight === 1,
+    );
+    equal(await metric(sidecar, "sidecar_ready"), 1);
+
+    sidecar.proc.signal("SIGTERM");
+    await waitUntil(
+      "Watch sends NOT_SERVING",
+      () => watch.updates.includes("NOT_SERVING"),
+    );
+    const notReady = await readyz(sidecar.metricsUrl);
+    equal(notReady.status, 503);
+    equal(notReady.body.reasons.join(), "shutting_down");
+    equal(notReady.body.worker_state, "ready");
+    equal(await metric(sidecar, "sidecar_ready"), 0);
+    // The drain still streams over the worker connection.
+    equal(
+      await metric(sidecar, "sidecar_worker_connection_status", {
+        status: "connected",
+      }),
+      1,
+    );
+    deepStrictEqual(watch.updates, ["SERVING", "NOT_SERVING"]);
+
+    // The last generation ends, so the drain does and the sidecar exits.
+    long.cancel();
+    equal((await within("the sidecar exits", sidecar.proc.exited)).code, 0);
+  } finally {
+    long.cancel();
+    watch.cancel();
+    client.close();
+    health.close();
+    await sidecar.proc.kill();
+    await sim.kill();
   }
 });

@@ -434,3 +434,45 @@ export function healthClient(
     & grpc.Client
     & Record<string, any>;
 }
+
+/** What a one-shot run of `main.ts` printed. */
+export interface MainRun {
+  code: number;
+  stdout: string[];
+  stderr: string[];
+}
+
+/**
+ * Runs `main.ts --config configPath ...args` to its end (`--dump-usage`,
+ * `--check-config`) with the production permission set derived from that
+ * file, as `deno task start` would, never with every permission granted.
+ */
+export async function runMain(
+  configPath: string,
+  args: string[] = [],
+): Promise<MainRun> {
+  const text = await Deno.readTextFile(configPath);
+  const parsed = parseConfig(text, configPath);
+  if (!parsed.ok) {
+    throw new Error(`config is invalid: ${JSON.stringify(parsed.problems)}`);
+  }
+  const out = await new Deno.Command(DENO, {
+    args: [
+      "run",
+      ...denoFlags(permissionSet(parsed.config, configPath)),
+      "main.ts",
+      "--config",
+      configPath,
+      ...args,
+    ],
+    cwd: ROOT,
+    stdin: "null",
+  }).output();
+  const lines = (b: Uint8Array) =>
+    new TextDecoder().decode(b).split("\n").filter((l) => l !== "");
+  return {
+    code: out.code,
+    stdout: lines(out.stdout),
+    stderr: lines(out.stderr),
+  };
+}
