@@ -12,17 +12,24 @@ import { waitForShutdownSignal } from "./src/lifecycle/signals.ts";
 import { createLogger } from "./src/log/logger.ts";
 import { UsageQueue } from "./src/metering/queue.ts";
 import { startSidecar } from "./src/sidecar.ts";
+import { hostPort } from "./src/util/host_port.ts";
 import { SIDECAR_VERSION } from "./src/version.ts";
 
 const USAGE = `cy-sidecar ${SIDECAR_VERSION}
 
-Usage: cy-sidecar [--config FILE] [--check-config | --dump-usage] [--version] [--help]
+Usage: cy-sidecar [--config FILE] [--check-config | --dump-usage | --drain-usage]
+                  [--version] [--help]
 
   --config FILE    read settings from FILE (TOML); without it the embedded
                    defaults are used (see docs/configuration.md)
   --check-config   validate the configuration, print every problem, and exit
-  --dump-usage     print every usage record in the usage queue (pending and
-                   set aside) as JSON lines, and exit; removes nothing
+  --dump-usage     print every usage record in the usage queue (pending, set
+                   aside and in-flight checkpoints) as JSON lines, and exit;
+                   removes nothing
+  --drain-usage    print every pending usage record as a JSON line and remove
+                   exactly the records printed (each only after it was
+                   written out), then exit; for billing by hand when no
+                   billing endpoint takes them (docs/metering.md)
   --version        print the version and exit
   --help           print this text and exit
 `;
@@ -31,10 +38,15 @@ interface Flags {
   config?: string;
   checkConfig: boolean;
   dumpUsage: boolean;
+  drainUsage: boolean;
 }
 
 function parseFlags(args: string[]): Flags {
-  const flags: Flags = { checkConfig: false, dumpUsage: false };
+  const flags: Flags = {
+    checkConfig: false,
+    dumpUsage: false,
+    drainUsage: false,
+  };
   for (let i = 0; i < args.length; i++) {
     const arg = args[i];
     if (arg === "--help" || arg === "-h") {
@@ -47,6 +59,8 @@ function parseFlags(args: string[]): Flags {
       flags.checkConfig = true;
     } else if (arg === "--dump-usage") {
       flags.dumpUsage = true;
+    } else if (arg === "--drain-usage") {
+      flags.drainUsage = true;
     } else if (arg === "--config" && i + 1 < args.length) {
       flags.config = args[++i];
     } else if (arg.startsWith("--config=")) {
@@ -61,14 +75,48 @@ function parseFlags(args: string[]): Flags {
   return flags;
 }
 
-/** Prints the usage queue as JSON lines on stdout. */
+const encoder = new TextEncoder();
+let stdout: WritableStreamDefaultWriter<Uint8Array> | null = null;
+
+/** Writes all of `text` to stdout (a plain write may take only part). */
+async function print(text: string): Promise<void> {
+  stdout ??= Deno.stdout.writable.getWriter();
+  await stdout.ready;
+  await stdout.write(encoder.encode(text));
+}
+
+/**
+ * Prints the usage queue as JSON lines on stdout. A sidecar may be running
+ * on the same database: its checkpoints are printed, never turned into
+ * records here.
+ */
 async function dumpUsage(path: string): Promise<void> {
-  const queue = await UsageQueue.open(path);
-  const out = new TextEncoder();
+  const queue = await UsageQueue.open(path, { recoverInflight: false });
   for await (const entry of queue.dump()) {
-    await Deno.stdout.write(out.encode(JSON.stringify(entry) + "\n"));
+    await print(JSON.stringify(entry) + "\n");
   }
   await queue.close();
+}
+
+/** Prints every pending record as a JSON line, removing what was printed. */
+async function drainUsage(path: string, endpoint: string | null) {
+  if (endpoint) {
+    console.error(
+      `cy-sidecar: warning: billing_endpoint is set (${endpoint}); a running sidecar may send records this drain also prints`,
+    );
+  }
+  const queue = await UsageQueue.open(path, { recoverInflight: false });
+  const removed = await queue.drain(async (records) => {
+    await print(records.map((r) => JSON.stringify(r) + "\n").join(""));
+  });
+  const left = (await queue.inflight()).length;
+  await queue.close();
+  console.error(
+    `cy-sidecar: drained ${removed} usage records` +
+      (left > 0
+        ? `; ${left} in-flight checkpoints stay (the next start of the sidecar turns those of a dead process into records)`
+        : ""),
+  );
 }
 
 async function main(): Promise<void> {
@@ -91,6 +139,13 @@ async function main(): Promise<void> {
     await dumpUsage(config.metering.usageDbPath);
     return;
   }
+  if (flags.drainUsage) {
+    await drainUsage(
+      config.metering.usageDbPath,
+      config.metering.billingEndpoint,
+    );
+    return;
+  }
 
   const log = createLogger({
     level: config.observability.logLevel,
@@ -106,8 +161,11 @@ async function main(): Promise<void> {
   log.info("cy-sidecar started", {
     version: SIDECAR_VERSION,
     config: flags.config ?? "(embedded defaults)",
-    grpc_addr: `${config.server.bindHost}:${sidecar.grpcPort}`,
-    metrics_addr: `${config.observability.metricsHost}:${sidecar.metricsPort}`,
+    grpc_addr: hostPort(config.server.bindHost, sidecar.grpcPort),
+    metrics_addr: hostPort(
+      config.observability.metricsHost,
+      sidecar.metricsPort,
+    ),
     worker_socket: config.server.workerSocketPath,
   });
 

@@ -19,9 +19,12 @@ export const REQUEST_LIMITS = {
   stopChars: 256,
   billingLabels: 64,
   labelKeyChars: 128,
-  // Labels are stored with every usage record; with these bounds a record
-  // stays well under the 64 KiB a Deno KV value may hold.
   labelValueChars: 256,
+  // Labels are stored with every usage record, which Deno KV caps at
+  // 64 KiB: 64 labels of 384 characters could take 73 KiB in UTF-8, so
+  // their total is capped too. Every all-ASCII label set the other bounds
+  // allow (at most 24 KiB) fits.
+  labelBytes: 32_768,
 } as const;
 
 /** A validated request plus what the sidecar itself keeps about it. */
@@ -74,6 +77,16 @@ export function validateRequest(
       timeoutMs: pb.timeout_ms,
     },
   };
+}
+
+const UTF8 = new TextEncoder();
+
+function labelBytes(labels: [string, string][]): number {
+  let n = 0;
+  for (const [k, v] of labels) {
+    n += UTF8.encode(k).length + UTF8.encode(v).length;
+  }
+  return n;
 }
 
 function findProblem(pb: GenerateRequestPb): SidecarError | null {
@@ -185,6 +198,13 @@ function findProblem(pb: GenerateRequestPb): SidecarError | null {
         `must be at most ${L.labelValueChars} characters`,
       );
     }
+  }
+  const bytes = labelBytes(labels);
+  if (bytes > L.labelBytes) {
+    return invalid(
+      "billing_labels",
+      `keys and values together must be at most ${L.labelBytes} bytes in UTF-8, got ${bytes}`,
+    );
   }
   return null;
 }

@@ -1,7 +1,8 @@
 /**
  * The meter: turns each generation's outcome into a usage record, commits
- * it durably before the gateway sees the generation end, and reports the
- * queue to billing in the background. Guarantees: docs/metering.md.
+ * it durably before the gateway sees the generation end, checkpoints the
+ * generations in flight, and reports the queue to billing in the
+ * background. Guarantees: docs/metering.md.
  *
  * @module
  */
@@ -11,20 +12,40 @@ import { retryHint, SidecarError } from "../errors.ts";
 import type { GenerationOutcome } from "../gateway/generation.ts";
 import type { Logger } from "../log/logger.ts";
 import type { SidecarMetrics } from "../metrics/registry.ts";
-import { UsageQueue } from "./queue.ts";
+import { type Clock, realClock } from "../util/clock.ts";
+import { Checkpointer, type LiveGenerations } from "./checkpoint.ts";
+import { type QueueOptions, UsageQueue } from "./queue.ts";
 import { usageRecord } from "./record.ts";
 import { BillingReporter } from "./reporter.ts";
 
 /** The metering side of a running sidecar. */
 export interface Meter {
-  /** Records a finished generation; resolves once it is durable. */
+  /**
+   * Records a finished generation; resolves once it is durable. Never
+   * rejects: a record that cannot be committed is logged in full (so it
+   * can be billed by hand) and counted in
+   * `sidecar_usage_record_failures_total`.
+   */
   record(outcome: GenerationOutcome): Promise<void> | void;
-  /** Null if a new generation may start; the refusal when the queue is full. */
+  /** Null if a new generation may start; otherwise the refusal. */
   admit(): SidecarError | null;
-  /** True while the queue is full (readiness reports it). */
+  /**
+   * True while new generations are refused: the queue is full, or records
+   * cannot be committed (readiness reports it).
+   */
   readonly full: boolean;
-  /** One last send within `flushTimeoutMs`, then closes the queue. */
+  /** Stops checkpoints and sending, one last send, closes the queue: all within `flushTimeoutMs`. */
   shutdown(flushTimeoutMs: number): Promise<void>;
+}
+
+/** What {@link startMeter} needs besides the configuration. */
+export interface MeterDeps {
+  /** The generations in flight, for checkpoints; none are taken without it. */
+  live?: LiveGenerations;
+  /** Timers; the process clock by default. */
+  clock?: Clock;
+  /** Passed to the usage queue (tests tune its retries and limits). */
+  queue?: Omit<QueueOptions, "recoverInflight" | "clock">;
 }
 
 /** The instance name written into records: configured, or the host name. */
@@ -45,11 +66,21 @@ export const OFF_METER: Meter = {
   shutdown: () => Promise.resolve(),
 };
 
-/** Opens the usage queue and starts reporting, as configured. */
+// While the queue is full, its depth is counted again in the database at
+// most this often: an operator's --drain-usage in another process frees
+// room the running sidecar would otherwise not see.
+const RECOUNT_WHEN_FULL_MS = 1_000;
+
+// Refused while records cannot be committed: the queue probes the
+// database about this often, so a retry after this long may succeed.
+const RETRY_WHILE_FAILING_MS = 1_000;
+
+/** Opens the usage queue, recovers checkpoints, and starts reporting. */
 export async function startMeter(
   config: Config,
   metrics: SidecarMetrics,
   log: Logger,
+  deps: MeterDeps = {},
 ): Promise<Meter> {
   const m = config.metering;
   if (m.mode === "off") {
@@ -57,14 +88,25 @@ export async function startMeter(
     return OFF_METER;
   }
 
-  const queue = await UsageQueue.open(m.usageDbPath);
+  const clock = deps.clock ?? realClock;
+  const queue = await UsageQueue.open(m.usageDbPath, {
+    ...deps.queue,
+    clock,
+  });
   const instance = instanceName(config);
   log.info("usage queue opened", {
     path: m.usageDbPath,
     pending: queue.depth,
     set_aside: queue.asideCount,
+    recovered_interrupted: queue.recovered,
     billing_endpoint: m.billingEndpoint ?? "(none: records are kept)",
   });
+  if (!m.billingEndpoint) {
+    log.warn(
+      "no billing endpoint: usage records are kept until exported with --drain-usage",
+      { offline_queue_size: m.offlineQueueSize },
+    );
+  }
 
   const reporter = m.billingEndpoint
     ? new BillingReporter({
@@ -76,12 +118,25 @@ export async function startMeter(
       requestTimeoutMs: m.requestTimeoutMs,
       queue,
       logger: log,
+      clock,
       onSent: (n) => metrics.usageSent.inc(n),
       onFailure: (kind) => metrics.usageSendFailures.inc({ kind }),
       onSetAside: (n) => metrics.usageSetAside.inc(n),
     })
     : null;
   reporter?.start();
+
+  const checkpointer = deps.live
+    ? new Checkpointer({
+      queue,
+      live: deps.live,
+      instance,
+      intervalMs: m.checkpointIntervalMs,
+      logger: log,
+      clock,
+    })
+    : null;
+  checkpointer?.start();
 
   metrics.gaugeFrom(
     "sidecar_usage_queue_depth",
@@ -95,7 +150,7 @@ export async function startMeter(
   );
   metrics.gaugeFrom(
     "sidecar_usage_queue_oldest_age_seconds",
-    "Age of the oldest usage record waiting for the billing endpoint (0 when none).",
+    "Age of the oldest usage record waiting for the billing endpoint, from its generation's start (0 when none).",
     async () => {
       const oldest = queue.depth > 0 ? await queue.oldestMs() : null;
       return oldest === null ? 0 : Math.max(0, (Date.now() - oldest) / 1000);
@@ -106,21 +161,66 @@ export async function startMeter(
   // exceed the bound by at most the number of generations in flight.
   const isFull = () => queue.depth >= m.offlineQueueSize;
   let warnedFull = false;
+  let warnedFailing = false;
+  let lastRecount = -Infinity;
+  const recountIfFull = () => {
+    if (clock.now() - lastRecount < RECOUNT_WHEN_FULL_MS) return;
+    lastRecount = clock.now();
+    queue.recount().catch((err) =>
+      log.warn("cannot count the usage queue", { error: err })
+    );
+  };
 
   return {
     get full() {
-      return isFull();
+      if (!isFull()) return queue.failing;
+      // Readiness asks this while no generation comes to ask admit().
+      recountIfFull();
+      return true;
     },
     async record(outcome) {
-      await queue.append(usageRecord(outcome, instance));
+      checkpointer?.finished(outcome.recordId);
+      const record = usageRecord(outcome, instance);
+      try {
+        await queue.append(record);
+      } catch (err) {
+        metrics.usageRecordFailures.inc();
+        log.error(
+          "usage record could not be committed; bill it by hand from this line",
+          { record, error: err },
+        );
+        return;
+      }
       metrics.usageRecorded.inc();
       if (queue.depth >= m.batchMaxRecords) reporter?.nudge();
     },
     admit() {
+      if (queue.failing) {
+        if (!warnedFailing) {
+          warnedFailing = true;
+          log.error(
+            "usage records cannot be committed; refusing new generations until the usage database works",
+            { path: m.usageDbPath },
+          );
+        }
+        return new SidecarError(
+          "metering_backlog",
+          `usage records cannot be written to the usage database; please ${
+            retryHint(RETRY_WHILE_FAILING_MS)
+          }`,
+          { retryAfterMs: RETRY_WHILE_FAILING_MS },
+        );
+      }
+      if (warnedFailing) {
+        warnedFailing = false;
+        log.info("usage database works again; admitting generations");
+      }
+
       if (!isFull()) {
         warnedFull = false;
         return null;
       }
+      recountIfFull();
       if (!warnedFull) {
         warnedFull = true;
         log.error(
@@ -141,9 +241,12 @@ export async function startMeter(
       );
     },
     async shutdown(flushTimeoutMs) {
+      // One deadline for all of it, so the shutdown fits the pod's grace.
+      const until = clock.now() + flushTimeoutMs;
+      await checkpointer?.stop();
       if (reporter) {
         await reporter.stop();
-        const left = await reporter.flush(flushTimeoutMs);
+        const left = await reporter.flush(Math.max(0, until - clock.now()));
         log.info("usage flushed", { pending: left });
       }
       await queue.close();

@@ -14,7 +14,10 @@ export const USAGE_SCHEMA = "cy.sidecar.usage.v1";
 
 /** One generation's usage. Field names are the wire format (docs/metering.md). */
 export interface UsageRecord {
-  /** UUIDv7: unique, and ordered by creation time. */
+  /**
+   * UUIDv7 of the generation's start: unique, ordered by start time, and
+   * shared by the generation's in-flight checkpoints and its final record.
+   */
   id: string;
   schema: typeof USAGE_SCHEMA;
   request_id: string;
@@ -26,6 +29,7 @@ export interface UsageRecord {
   completion_tokens: number;
   /** The worker's own count, when it reported one (null otherwise). */
   worker_completion_tokens: number | null;
+  /** How it ended; `interrupted` for a checkpoint recovered after a crash. */
   finish_reason: string;
   /** RFC 3339 UTC timestamps. */
   started_at: string;
@@ -34,13 +38,16 @@ export interface UsageRecord {
   sidecar_instance: string;
 }
 
+/** The finish reason of a record recovered from an in-flight checkpoint. */
+export const INTERRUPTED = "interrupted";
+
 /** Builds the record of a finished generation. */
 export function usageRecord(
   outcome: GenerationOutcome,
   instance: string,
 ): UsageRecord {
   return {
-    id: uuidv7(outcome.endedAtMs),
+    id: outcome.recordId,
     schema: USAGE_SCHEMA,
     request_id: outcome.requestId,
     session_id: outcome.sessionId,
@@ -52,6 +59,47 @@ export function usageRecord(
     finish_reason: outcome.finishReason,
     started_at: new Date(outcome.startedAtMs).toISOString(),
     ended_at: new Date(outcome.endedAtMs).toISOString(),
+    sidecar_instance: instance,
+  };
+}
+
+/** What a generation in flight has used so far (see `Generation.partialUsage`). */
+export interface PartialUsage {
+  /** The id its final record will carry. */
+  recordId: string;
+  requestId: string;
+  sessionId: string;
+  modelId: string;
+  billingLabels: Record<string, string>;
+  promptTokens: number;
+  /** Token ids delivered to the gateway stream so far. */
+  completionTokens: number;
+  /** Wall-clock milliseconds since the epoch. */
+  startedAtMs: number;
+}
+
+/**
+ * The record a generation in flight would be billed if the sidecar died
+ * now: what was delivered up to `atMs`, with finish reason `interrupted`.
+ */
+export function checkpointRecord(
+  usage: PartialUsage,
+  instance: string,
+  atMs: number,
+): UsageRecord {
+  return {
+    id: usage.recordId,
+    schema: USAGE_SCHEMA,
+    request_id: usage.requestId,
+    session_id: usage.sessionId,
+    model_id: usage.modelId,
+    billing_labels: usage.billingLabels,
+    prompt_tokens: usage.promptTokens,
+    completion_tokens: usage.completionTokens,
+    worker_completion_tokens: null,
+    finish_reason: INTERRUPTED,
+    started_at: new Date(usage.startedAtMs).toISOString(),
+    ended_at: new Date(Math.max(atMs, usage.startedAtMs)).toISOString(),
     sidecar_instance: instance,
   };
 }

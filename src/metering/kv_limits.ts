@@ -1,0 +1,77 @@
+/**
+ * Deno KV's limits on one atomic operation, and a conservative estimate of
+ * how much of them a usage record takes.
+ *
+ * Deno KV refuses an atomic operation with more than 1000 mutations, more
+ * than 81,920 bytes of keys, or more than 819,200 bytes of keys and values
+ * together, and any value over 65,536 bytes. Values are measured as V8
+ * serializes them: one byte per character for Latin-1 strings, two per
+ * UTF-16 unit otherwise. UTF-8 takes at least as many bytes per character
+ * (1, 2, 3 or 4 where V8 takes 1, 1, 2 or 4), so a UTF-8 measure plus a
+ * margin per field never underestimates.
+ *
+ * @module
+ */
+
+import type { UsageRecord } from "./record.ts";
+
+/** Deno KV's own limits, as its errors state them. */
+export const KV_LIMITS = {
+  mutationsPerAtomic: 1000,
+  keyBytesPerAtomic: 81_920,
+  bytesPerAtomic: 819_200,
+  valueBytes: 65_536,
+} as const;
+
+/**
+ * What one group commit of the usage queue may take. Well inside
+ * {@link KV_LIMITS}, so that an estimate that is off by a few bytes per
+ * record can never make a commit fail.
+ */
+export const COMMIT_BUDGET = {
+  mutations: 800,
+  keyBytes: 40 * 1024,
+  bytes: 512 * 1024,
+} as const;
+
+/**
+ * The largest record, by {@link recordBytes}, the queue accepts. Below
+ * Deno KV's 64 KiB per value with room for the estimate's slack; gateway
+ * validation keeps every valid request's record far below it
+ * (docs/gateway-api.md, `billing_labels`).
+ */
+export const MAX_RECORD_BYTES = 60 * 1024;
+
+const UTF8 = new TextEncoder();
+
+/** UTF-8 bytes of `text`. */
+export function utf8Bytes(text: string): number {
+  return UTF8.encode(text).length;
+}
+
+// V8 spends at most a tag, a length and an alignment byte on each string
+// and number where JSON spends quotes, a colon and a comma; this covers the
+// difference per field, and the serializer's header, with room to spare.
+const BYTES_PER_FIELD = 8;
+const BYTES_PER_VALUE = 64;
+
+/** A conservative estimate of the bytes Deno KV counts for `record`. */
+export function recordBytes(record: UsageRecord): number {
+  const fields = Object.keys(record).length +
+    2 * Object.keys(record.billing_labels).length;
+  return utf8Bytes(JSON.stringify(record)) + BYTES_PER_FIELD * fields +
+    BYTES_PER_VALUE;
+}
+
+/** A conservative estimate of the bytes Deno KV counts for `key`. */
+export function keyBytes(key: readonly (string | number)[]): number {
+  // Each string part is a type byte, its bytes (a NUL escaped to two) and
+  // a terminator; a number part takes a type byte and 8 bytes.
+  let n = 0;
+  for (const part of key) {
+    n += typeof part === "number"
+      ? 9
+      : 2 + utf8Bytes(part) + part.split("\0").length - 1;
+  }
+  return n;
+}
