@@ -7,6 +7,7 @@
  */
 
 import type { Config } from "./config/mod.ts";
+import { Readiness } from "./lifecycle/readiness.ts";
 import type { Logger } from "./log/logger.ts";
 import { startMeter } from "./metering/mod.ts";
 import { startMetricsServer } from "./metrics/http.ts";
@@ -80,10 +81,13 @@ export async function startSidecar(
     () => worker.waiting,
   );
 
+  // The meter checkpoints the usage of the generations this counts.
+  const live = new LiveCount();
   const meter = await startMeter(
     config,
     metrics,
     log.child({ component: "metering" }),
+    { live, clock },
   );
   const sessions = new SessionSeries({
     counter: metrics.tokensProcessed,
@@ -103,25 +107,41 @@ export async function startSidecar(
     record: (outcome) => meter.record(outcome),
     admit: () => meter.admit(),
     sessions,
-    live: new LiveCount(),
+    live,
+    stallTimeoutMs: config.server.streamStallTimeoutMs,
   };
 
-  let shuttingDown = false;
+  // One decision for gRPC health, /readyz, sidecar_ready and GetStatus
+  // (docs/deployment.md, "Health signals"). `meterRefusing` must cover
+  // every reason `meter.admit()` refuses; a meter that can announce its
+  // admit state changing is wired to `meterChanges` as well.
+  const readiness = new Readiness({
+    worker,
+    meterRefusing: () => meter.full,
+    clock,
+  });
+  metrics.gaugeFrom(
+    "sidecar_ready",
+    "1 while the sidecar takes new generations (gRPC health SERVING, /readyz 200), else 0.",
+    () => readiness.verdict.serving ? 1 : 0,
+  );
+
   const grpcServer = await startGatewayServer(deps, {
     host: config.server.bindHost,
     port: config.server.bindPort,
     maxConcurrentStreams: config.server.maxConcurrentStreams,
     maxRequestBytes: config.server.maxRequestBytes,
+    readiness,
   });
   const metricsServer = startMetricsServer({
     host: config.observability.metricsHost,
     port: config.observability.metricsPort,
     metrics,
     worker,
-    shuttingDown: () => shuttingDown,
-    meteringFull: () => meter.full,
+    readiness,
   });
   worker.start();
+  readiness.start();
 
   return {
     grpcPort: grpcServer.port,
@@ -132,7 +152,7 @@ export async function startSidecar(
       // New generations are refused from now on and readiness fails, so
       // traffic moves to other pods; GOAWAY tells connected gateways to
       // open no new streams here, while the streams in flight go on.
-      shuttingDown = true;
+      readiness.beginShutdown();
       worker.refuseNew();
       const closed = new Promise<true>((resolve) =>
         grpcServer.server.tryShutdown(() => resolve(true))
@@ -146,18 +166,24 @@ export async function startSidecar(
 
       // What is left fails with UNAVAILABLE and is metered; then the final
       // messages get a moment to flush before connections are torn down.
-      worker.stop();
+      const workerClosed = worker.stop();
+      // Both waits share one CLOSE_GRACE_MS, the figure the pod's
+      // termination grace period is computed with.
+      const closeBy = Date.now() + CLOSE_GRACE_MS;
       await deps.live.idle(CLOSE_GRACE_MS);
       const timeout = new Promise<false>((r) =>
-        setTimeout(() => r(false), CLOSE_GRACE_MS)
+        setTimeout(() => r(false), Math.max(0, closeBy - Date.now()))
       );
       if (!await Promise.race([closed, timeout])) {
         grpcServer.server.forceShutdown();
       }
       sessions.stop();
+      await workerClosed;
+      readiness.stop();
 
       // Every record is already durable; this only shortens the backlog
-      // the next start will send.
+      // the next start will send. It ends within USAGE_FLUSH_ON_SHUTDOWN_MS
+      // (a billing request in flight is abandoned, not waited for).
       await meter.shutdown(USAGE_FLUSH_ON_SHUTDOWN_MS);
       await metricsServer.server.shutdown();
     },

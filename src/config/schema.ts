@@ -48,6 +48,8 @@ export interface ServerConfig {
   maxRequestBytes: number;
   /** How long in-flight streams may run on after SIGTERM. */
   shutdownGraceMs: number;
+  /** A gateway stream holding unsent events that takes none for this long is reset. */
+  streamStallTimeoutMs: number;
 }
 
 /** `[worker]`: the connection to the inference worker. */
@@ -86,6 +88,12 @@ export interface MeteringConfig {
   format: UsageFormat;
   /** Names this sidecar in usage records; null means the host name. */
   instanceId: string | null;
+  /**
+   * How often the usage of generations in flight is checkpointed: at most
+   * this much of a generation's delivered tokens goes unbilled when the
+   * sidecar is killed mid-stream.
+   */
+  checkpointIntervalMs: number;
 }
 
 /** `[health]`: heartbeats, reconnection and worker reloads. */
@@ -242,6 +250,15 @@ export const CONFIG_KEYS: readonly ConfigKey[] = [
     doc: "How long in-flight streams may finish after SIGTERM",
     set: (c, v) => (c.server.shutdownGraceMs = v),
   }),
+  key({
+    section: "server",
+    key: "stream_stall_timeout_secs",
+    default: 60,
+    check: seconds(1, 3600),
+    doc:
+      "A gateway stream with unsent events that takes none for this long is reset",
+    set: (c, v) => (c.server.streamStallTimeoutMs = v),
+  }),
 
   key({
     section: "worker",
@@ -364,6 +381,15 @@ export const CONFIG_KEYS: readonly ConfigKey[] = [
     check: optionalText(),
     doc: "Names this sidecar in usage records (empty = the host name)",
     set: (c, v) => (c.metering.instanceId = v),
+  }),
+  key({
+    section: "metering",
+    key: "checkpoint_interval_secs",
+    default: 1,
+    check: seconds(0.01, 60),
+    doc:
+      "How often in-flight usage is saved (bounds what a crash leaves unbilled)",
+    set: (c, v) => (c.metering.checkpointIntervalMs = v),
   }),
 
   key({

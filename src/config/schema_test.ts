@@ -19,6 +19,7 @@ Deno.test("DEFAULT_CONFIG holds the documented defaults in milliseconds", () => 
       maxConcurrentStreams: 1024,
       maxRequestBytes: 4_194_304,
       shutdownGraceMs: 30_000,
+      streamStallTimeoutMs: 60_000,
     },
     worker: {
       maxFrameBytes: 1_048_576,
@@ -38,6 +39,7 @@ Deno.test("DEFAULT_CONFIG holds the documented defaults in milliseconds", () => 
       requestTimeoutMs: 10_000,
       format: "json",
       instanceId: null,
+      checkpointIntervalMs: 1_000,
     },
     health: {
       checkIntervalMs: 5_000,

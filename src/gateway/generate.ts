@@ -9,7 +9,7 @@
 import type * as grpc from "@grpc/grpc-js";
 import type { SidecarError } from "../errors.ts";
 import { statusFor } from "./status_map.ts";
-import { FlowGate } from "./flow_gate.ts";
+import { type LedgerCall, StreamLedger } from "./stream_ledger.ts";
 import {
   countRejected,
   Generation,
@@ -40,24 +40,26 @@ export function generateHandler(
     }
 
     let open = true;
-    const gate = new FlowGate<GenerateEventPb>(call);
+    const ledger = newLedger(call, deps);
     const gen = new Generation(deps, {
       request: checked.value,
       rpc: "Generate",
-      gate,
+      ledger,
       output: {
-        event: (ev) => {
-          if (open) gate.write(ev);
+        event: (ev, owner, tokens) => {
+          if (open) ledger.write(ev, owner, tokens);
         },
         done: (ev) => {
           if (!open) return;
           open = false;
-          gate.write(ev);
+          ledger.write(ev, null);
+          ledger.flushNow();
           call.end();
         },
         failed: (error) => {
           if (!open) return;
           open = false;
+          ledger.flushNow();
           endWithError(call, error, deps);
         },
       },
@@ -68,6 +70,8 @@ export function generateHandler(
       // have not ended was cancelled by the client or its deadline.
       if (!open) return;
       open = false;
+      // Nothing more reaches the caller: what is still unsent is not billed.
+      ledger.abandon();
       const deadline = call.getDeadline();
       const limit = Date.now() + DEADLINE_SLACK_MS;
       const expired = deadline instanceof Date
@@ -85,6 +89,24 @@ export function generateHandler(
 
     gen.start();
   };
+}
+
+/** The ledger of a call, reporting stalls the way the sidecar logs. */
+export function newLedger(
+  call: LedgerCall,
+  deps: GenerationDeps,
+): StreamLedger {
+  return new StreamLedger(call, {
+    clock: deps.clock,
+    stallTimeoutMs: deps.stallTimeoutMs,
+    onStall: (unsent) => {
+      deps.metrics.gatewaySendErrors.inc({ kind: "stalled" });
+      deps.log.warn("gateway stream accepted nothing; reset", {
+        unsent_bytes: unsent,
+        stall_timeout_ms: deps.stallTimeoutMs,
+      });
+    },
+  });
 }
 
 function endWithError(

@@ -22,12 +22,15 @@ import type {
   WorkerDone,
 } from "../worker/exchange.ts";
 import type { CancelReason } from "../worker/messages.ts";
-import type { FlowGate } from "./flow_gate.ts";
+import { type PartialUsage, uuidv7 } from "../metering/record.ts";
+import type { LedgerOwner, StreamLedger } from "./stream_ledger.ts";
 import type { GenerateEventPb, UsagePb } from "./types.ts";
 import type { ValidatedRequest } from "./validate.ts";
 
 /** How a generation ended, for metering and metrics. */
 export interface GenerationOutcome {
+  /** The usage record's id: fixed at the start, shared with its checkpoints. */
+  recordId: string;
   requestId: string;
   sessionId: string;
   modelId: string;
@@ -53,8 +56,11 @@ export type OutcomeRecorder = (
 
 /** Where a generation writes; implemented per RPC. */
 export interface GenerationOutput {
-  /** A non-final event (chunk or system message). */
-  event(ev: GenerateEventPb): void;
+  /**
+   * A non-final event (chunk or system message), written through the
+   * call's ledger for `owner`, whose `tokens` count once delivered.
+   */
+  event(ev: GenerateEventPb, owner: LedgerOwner, tokens: number): void;
   /** The final `done` event. */
   done(ev: GenerateEventPb): void;
   /** The generation failed; `usage` is what was delivered. */
@@ -73,23 +79,33 @@ export interface GenerationDeps {
   /** Counts generations from start until their last event is written. */
   live: LiveCount;
   sessions: SessionSeries;
+  /** A gateway stream with unsent events that takes none for this long is reset. */
+  stallTimeoutMs: number;
 }
 
 /** Generations started and not yet ended on their stream; drained at shutdown. */
 export class LiveCount {
   #n = 0;
   #idle: (() => void)[] = [];
+  #live = new Set<Generation>();
 
   get count(): number {
     return this.#n;
   }
 
-  begin(): void {
-    this.#n++;
+  /** The generations counted now (the meter checkpoints their usage). */
+  generations(): Iterable<Generation> {
+    return this.#live;
   }
 
-  end(): void {
+  begin(g?: Generation): void {
+    this.#n++;
+    if (g) this.#live.add(g);
+  }
+
+  end(g?: Generation): void {
     this.#n--;
+    if (g) this.#live.delete(g);
     if (this.#n === 0) { for (const f of this.#idle.splice(0)) f(); }
   }
 
@@ -107,17 +123,22 @@ export class LiveCount {
 }
 
 /** One generation on a gateway stream. */
-export class Generation implements GenerationSink {
+export class Generation implements GenerationSink, LedgerOwner {
   readonly requestId: string;
+  /** Its usage record's id (a UUIDv7 of its start), for checkpoints too. */
+  readonly recordId: string;
   #deps: GenerationDeps;
   #req: ValidatedRequest;
   #rpc: string;
   #out: GenerationOutput;
-  #gate: FlowGate;
+  #ledger: StreamLedger;
   #handle: GenerationHandle | null = null;
   #started = false;
   #ended = false;
   #promptTokens = 0;
+  /** Token ids handed to the stream. */
+  #sent = 0;
+  /** Token ids whose bytes left the sidecar: what is billed. */
   #delivered = 0;
   #owed = 0;
   #startedAt: number;
@@ -133,7 +154,7 @@ export class Generation implements GenerationSink {
       request: ValidatedRequest;
       rpc: "Generate" | "Session";
       output: GenerationOutput;
-      gate: FlowGate;
+      ledger: StreamLedger;
       onEnd?: () => void;
     },
   ) {
@@ -142,9 +163,28 @@ export class Generation implements GenerationSink {
     this.requestId = init.request.generation.id;
     this.#rpc = init.rpc;
     this.#out = init.output;
-    this.#gate = init.gate;
+    this.#ledger = init.ledger;
     this.#onEnd = init.onEnd ?? (() => {});
     this.#startedAt = deps.clock.now();
+    this.recordId = uuidv7(this.#startedAtMs);
+  }
+
+  /**
+   * What it has used so far, for the meter's in-flight checkpoints; null
+   * before it may have reached the worker.
+   */
+  partialUsage(): PartialUsage | null {
+    if (!this.#started) return null;
+    return {
+      recordId: this.recordId,
+      requestId: this.requestId,
+      sessionId: this.#req.generation.sessionId,
+      modelId: this.#modelId(),
+      billingLabels: this.#req.billingLabels,
+      promptTokens: this.#promptTokens,
+      completionTokens: this.#delivered,
+      startedAtMs: this.#startedAtMs,
+    };
   }
 
   /** Whether the generation has reported its outcome. */
@@ -154,7 +194,7 @@ export class Generation implements GenerationSink {
 
   /** Submits to the worker; failures are reported through the output. */
   start(): void {
-    this.#deps.live.begin();
+    this.#deps.live.begin(this);
     const refusal = this.#deps.admit();
     if (refusal) {
       this.fail(refusal);
@@ -184,6 +224,9 @@ export class Generation implements GenerationSink {
     if (this.#ended) return;
     this.#handle?.cancel(reason);
     const deadline = reason === "deadline_exceeded";
+    // Past its deadline the caller has given up: what the stream still
+    // holds is dropped (and so not billed) rather than waited for.
+    if (deadline) this.#ledger.resetIfPending();
     const error = deadline
       ? new SidecarError(
         "deadline",
@@ -201,12 +244,20 @@ export class Generation implements GenerationSink {
     );
   }
 
+  // ---- LedgerOwner: what the stream reports back ----
+
   /** Gives credit owed to this generation back after the stream drained. */
   release(): void {
     if (this.#owed > 0 && !this.#ended) {
       this.#handle?.grant(this.#owed);
     }
     this.#owed = 0;
+  }
+
+  /** Counts tokens whose bytes have left the sidecar: this is what is billed. */
+  delivered(tokens: number): void {
+    this.#delivered += tokens;
+    this.#tokens?.inc(tokens);
   }
 
   // ---- GenerationSink: events from the worker ----
@@ -226,17 +277,18 @@ export class Generation implements GenerationSink {
       );
     }
 
-    this.#out.event({
-      request_id: this.requestId,
-      chunk: { text, token_ids: tokenIds },
-    });
-    // Counted once handed to the stream: this is what the caller is billed.
-    this.#delivered += tokenIds.length;
-    if (tokenIds.length > 0) this.#tokens!.inc(tokenIds.length);
+    this.#sent += tokenIds.length;
+    this.#out.event(
+      { request_id: this.requestId, chunk: { text, token_ids: tokenIds } },
+      this,
+      tokenIds.length,
+    );
 
-    if (this.#gate.blocked) {
+    // A backed-up stream keeps the chunk's credit until it drains, so the
+    // worker slows down for this stream alone.
+    if (this.#ledger.blocked) {
       this.#owed++;
-      this.#gate.wait(this);
+      this.#ledger.wait(this);
     } else {
       this.#handle?.grant(1);
     }
@@ -244,14 +296,18 @@ export class Generation implements GenerationSink {
 
   system(kind: "reloading" | "resumed", text: string, etaMs: number): void {
     if (this.#ended) return;
-    this.#out.event({
-      request_id: this.requestId,
-      system: {
-        kind: kind === "reloading" ? "RELOADING" : "RESUMED",
-        text,
-        eta_ms: etaMs,
+    this.#out.event(
+      {
+        request_id: this.requestId,
+        system: {
+          kind: kind === "reloading" ? "RELOADING" : "RESUMED",
+          text,
+          eta_ms: etaMs,
+        },
       },
-    });
+      this,
+      0,
+    );
   }
 
   done(result: WorkerDone): void {
@@ -281,9 +337,35 @@ export class Generation implements GenerationSink {
   ): void {
     this.#ended = true;
     if (this.#timer !== null) this.#deps.clock.clearTimeout(this.#timer);
+
+    // The outcome waits until what the stream holds of this generation has
+    // left the sidecar (or the stream is gone), so that it counts exactly
+    // the tokens delivered.
+    this.#ledger.whenDelivered(
+      this,
+      () =>
+        this.#report(
+          finishReason,
+          promptTokens,
+          workerCompletion,
+          error,
+          modelId,
+        ),
+    );
+  }
+
+  #report(
+    finishReason: string,
+    promptTokens: number,
+    workerCompletion: number | null,
+    error: SidecarError | null,
+    modelId: string,
+  ): void {
     this.#tokens?.release();
+    this.#tokens = null;
 
     const outcome: GenerationOutcome = {
+      recordId: this.recordId,
       requestId: this.requestId,
       sessionId: this.#req.generation.sessionId,
       modelId,
@@ -312,7 +394,7 @@ export class Generation implements GenerationSink {
         this.#out.failed(error, usage);
       }
       this.#onEnd();
-      this.#deps.live.end();
+      this.#deps.live.end(this);
     };
 
     // A generation refused before it could reach the worker used nothing.
@@ -376,6 +458,7 @@ export class Generation implements GenerationSink {
         session_id: o.sessionId,
         finish_reason: o.finishReason,
         completion_tokens: o.completionTokens,
+        undelivered_tokens: this.#sent - o.completionTokens,
         error: o.error?.message,
       });
     }

@@ -10,12 +10,12 @@
 
 import type * as grpc from "@grpc/grpc-js";
 import { GrpcCode, SidecarError } from "../errors.ts";
-import { FlowGate } from "./flow_gate.ts";
 import {
   countRejected,
   Generation,
   type GenerationDeps,
 } from "./generation.ts";
+import { newLedger } from "./generate.ts";
 import type { GenerateEventPb, SessionRequestPb } from "./types.ts";
 import { validateRequest } from "./validate.ts";
 
@@ -26,17 +26,18 @@ export function sessionHandler(
   deps: GenerationDeps,
 ): grpc.handleBidiStreamingCall<SessionRequestPb, GenerateEventPb> {
   return (call: Call) => {
-    const gate = new FlowGate<GenerateEventPb>(call);
+    const ledger = newLedger(call, deps);
     const live = new Map<string, Generation>();
     let open = true;
     let halfClosed = false;
 
     const write = (ev: GenerateEventPb) => {
-      if (open) gate.write(ev);
+      if (open) ledger.write(ev, null);
     };
     const endIfIdle = () => {
       if (open && halfClosed && live.size === 0) {
         open = false;
+        ledger.flushNow();
         call.end();
       }
     };
@@ -92,9 +93,11 @@ export function sessionHandler(
       const gen = new Generation(deps, {
         request: checked.value,
         rpc: "Session",
-        gate,
+        ledger,
         output: {
-          event: write,
+          event: (ev, owner, tokens) => {
+            if (open) ledger.write(ev, owner, tokens);
+          },
           done: write,
           failed: (error, usage) => {
             if (error.kind === "cancelled") {
@@ -132,6 +135,8 @@ export function sessionHandler(
     call.on("cancelled", () => {
       if (!open) return;
       open = false;
+      // Nothing more reaches the caller: what is still unsent is not billed.
+      ledger.abandon();
       for (const gen of [...live.values()]) gen.cancel("client_cancelled");
     });
 
