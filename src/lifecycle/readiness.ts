@@ -54,7 +54,8 @@ export function decideServing(inputs: ServingInputs): ServingVerdict {
 const REASON_TEXT: Record<NotServingReason, string> = {
   shutting_down: "the sidecar is shutting down",
   worker_not_ready: "the worker is not ready",
-  metering_refusing: "the usage queue is full",
+  metering_refusing:
+    "the usage queue is full or the usage database cannot be written",
 };
 
 /** A sentence for people: why no new generations are taken (empty when serving). */

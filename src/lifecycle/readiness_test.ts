@@ -110,7 +110,7 @@ Deno.test("describeVerdict names every reason and is empty while serving", () =>
       serving: false,
       reasons: ["shutting_down", "metering_refusing"],
     }),
-    "not taking new generations: the sidecar is shutting down; the usage queue is full",
+    "not taking new generations: the sidecar is shutting down; the usage queue is full or the usage database cannot be written",
   );
 });
 

@@ -27,10 +27,11 @@ export type Answer =
     detail: string;
   }
   /**
-   * The endpoint refused the batch: split it to find out whether some of
-   * its records are the problem (`tooLarge` for 413).
+   * The endpoint refused the batch (any other 4xx, 413 included): split it,
+   * to find out whether some of its records are the problem, or to make
+   * each request smaller.
    */
-  | { action: "refused"; status: number; tooLarge: boolean; detail: string };
+  | { action: "refused"; status: number; detail: string };
 
 // Answers that say the endpoint, or the way it is reached, is wrong: no
 // record can be at fault, so no record is ever set aside for them.
@@ -73,7 +74,7 @@ export function classifyAnswer(
     return { action: "endpoint_failure", kind: "http_4xx", detail };
   }
   if (status >= 400) {
-    return { action: "refused", status, tooLarge: status === 413, detail };
+    return { action: "refused", status, detail };
   }
   // 1xx and 3xx that were not followed: nothing was taken.
   return { action: "endpoint_failure", kind: "http_other", detail };

@@ -5,7 +5,7 @@
  * mid-stream still bills what it had delivered up to the last checkpoint.
  * The generation's final record replaces its checkpoint (same id, one
  * atomic operation); checkpoints left by a dead process become
- * `interrupted` records at the next start (queue.ts).
+ * `interrupted` records at the next start (recovery.ts).
  *
  * @module
  */

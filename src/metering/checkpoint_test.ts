@@ -2,7 +2,8 @@ import { deepStrictEqual, equal, throws } from "node:assert/strict";
 import { silentLogger } from "../log/logger.ts";
 import { Checkpointer, type LiveGeneration } from "./checkpoint.ts";
 import { type PartialUsage, type UsageRecord, uuidv7 } from "./record.ts";
-import { SteppingClock, turn } from "./test_support.ts";
+import { FakeClock } from "../util/clock.ts";
+import { turn } from "./test_support.ts";
 
 class Gen implements LiveGeneration {
   usage: PartialUsage | null;
@@ -24,7 +25,7 @@ class Gen implements LiveGeneration {
 }
 
 /** A queue that records each checkpoint call; `fail` fails the next ones. */
-function fakeQueue(clock: SteppingClock, commitMs = 0) {
+function fakeQueue(clock: FakeClock, commitMs = 0) {
   const calls: { at: number; records: UsageRecord[] }[] = [];
   let fail = 0;
   return {
@@ -42,7 +43,7 @@ function fakeQueue(clock: SteppingClock, commitMs = 0) {
 }
 
 function setUp(commitMs = 0) {
-  const clock = new SteppingClock();
+  const clock = new FakeClock();
   const queue = fakeQueue(clock, commitMs);
   const live = new Set<Gen>();
   const cp = new Checkpointer({

@@ -2,9 +2,11 @@
  * Deno KV's limits on one atomic operation, and a conservative estimate of
  * how much of them a usage record takes.
  *
- * Deno KV refuses an atomic operation with more than 1000 mutations, more
- * than 81,920 bytes of keys, or more than 819,200 bytes of keys and values
- * together, and any value over 65,536 bytes. Values are measured as V8
+ * Deno KV refuses an atomic operation with more than 100 checks, more than
+ * 1000 mutations, more than 81,920 bytes of keys, or more than 819,200 bytes
+ * of keys and values together, and any value over 65,536 bytes. Over a
+ * limit, `commit()` throws (a `TypeError`, e.g. "Too many checks (max
+ * 100)") rather than resolving with `ok: false`. Values are measured as V8
  * serializes them: one byte per character for Latin-1 strings, two per
  * UTF-16 unit otherwise. UTF-8 takes at least as many bytes per character
  * (1, 2, 3 or 4 where V8 takes 1, 1, 2 or 4), so a UTF-8 measure plus a
@@ -13,10 +15,12 @@
  * @module
  */
 
+import { utf8Length } from "../util/utf8.ts";
 import type { UsageRecord } from "./record.ts";
 
-/** Deno KV's own limits, as its errors state them. */
+/** Deno KV's own limits (Deno 2.8.3), as its errors state them. */
 export const KV_LIMITS = {
+  checksPerAtomic: 100,
   mutationsPerAtomic: 1000,
   keyBytesPerAtomic: 81_920,
   bytesPerAtomic: 819_200,
@@ -35,19 +39,19 @@ export const COMMIT_BUDGET = {
 } as const;
 
 /**
+ * Most deletes of whole records (by key) in one commit, for acknowledged
+ * and drained records: far inside Deno KV's 1000 mutations and 80 KiB of
+ * keys, for the queue's keys of about 60 bytes.
+ */
+export const DELETES_PER_COMMIT = 300;
+
+/**
  * The largest record, by {@link recordBytes}, the queue accepts. Below
  * Deno KV's 64 KiB per value with room for the estimate's slack; gateway
  * validation keeps every valid request's record far below it
  * (docs/gateway-api.md, `billing_labels`).
  */
 export const MAX_RECORD_BYTES = 60 * 1024;
-
-const UTF8 = new TextEncoder();
-
-/** UTF-8 bytes of `text`. */
-export function utf8Bytes(text: string): number {
-  return UTF8.encode(text).length;
-}
 
 // V8 spends at most a tag, a length and an alignment byte on each string
 // and number where JSON spends quotes, a colon and a comma; this covers the
@@ -59,7 +63,7 @@ const BYTES_PER_VALUE = 64;
 export function recordBytes(record: UsageRecord): number {
   const fields = Object.keys(record).length +
     2 * Object.keys(record.billing_labels).length;
-  return utf8Bytes(JSON.stringify(record)) + BYTES_PER_FIELD * fields +
+  return utf8Length(JSON.stringify(record)) + BYTES_PER_FIELD * fields +
     BYTES_PER_VALUE;
 }
 
@@ -71,7 +75,7 @@ export function keyBytes(key: readonly (string | number)[]): number {
   for (const part of key) {
     n += typeof part === "number"
       ? 9
-      : 2 + utf8Bytes(part) + part.split("\0").length - 1;
+      : 2 + utf8Length(part) + part.split("\0").length - 1;
   }
   return n;
 }

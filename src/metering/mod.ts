@@ -8,11 +8,12 @@
  */
 
 import type { Config } from "../config/mod.ts";
-import { retryHint, SidecarError } from "../errors.ts";
+import type { SidecarError } from "../errors.ts";
 import type { GenerationOutcome } from "../gateway/generation.ts";
 import type { Logger } from "../log/logger.ts";
 import type { SidecarMetrics } from "../metrics/registry.ts";
 import { type Clock, realClock } from "../util/clock.ts";
+import { Admission } from "./admission.ts";
 import { Checkpointer, type LiveGenerations } from "./checkpoint.ts";
 import { type QueueOptions, UsageQueue } from "./queue.ts";
 import { usageRecord } from "./record.ts";
@@ -31,9 +32,10 @@ export interface Meter {
   admit(): SidecarError | null;
   /**
    * True while new generations are refused: the queue is full, or records
-   * cannot be committed (readiness reports it).
+   * cannot be committed. Exactly when `admit()` refuses; free of side
+   * effects (readiness reads it on every probe and poll).
    */
-  readonly full: boolean;
+  readonly refusing: boolean;
   /** Stops checkpoints and sending, one last send, closes the queue: all within `flushTimeoutMs`. */
   shutdown(flushTimeoutMs: number): Promise<void>;
 }
@@ -62,18 +64,9 @@ export function instanceName(config: Config): string {
 export const OFF_METER: Meter = {
   record: () => {},
   admit: () => null,
-  full: false,
+  refusing: false,
   shutdown: () => Promise.resolve(),
 };
-
-// While the queue is full, its depth is counted again in the database at
-// most this often: an operator's --drain-usage in another process frees
-// room the running sidecar would otherwise not see.
-const RECOUNT_WHEN_FULL_MS = 1_000;
-
-// Refused while records cannot be committed: the queue probes the
-// database about this often, so a retry after this long may succeed.
-const RETRY_WHILE_FAILING_MS = 1_000;
 
 /** Opens the usage queue, recovers checkpoints, and starts reporting. */
 export async function startMeter(
@@ -101,6 +94,12 @@ export async function startMeter(
     recovered_interrupted: queue.recovered,
     billing_endpoint: m.billingEndpoint ?? "(none: records are kept)",
   });
+  if (queue.unrecovered > 0) {
+    log.warn(
+      "in-flight checkpoints could not be turned into records; they stay, and the next start tries again",
+      { path: m.usageDbPath, checkpoints: queue.unrecovered },
+    );
+  }
   if (!m.billingEndpoint) {
     log.warn(
       "no billing endpoint: usage records are kept until exported with --drain-usage",
@@ -159,24 +158,18 @@ export async function startMeter(
 
   // Generations in flight still record when they end, so the queue can
   // exceed the bound by at most the number of generations in flight.
-  const isFull = () => queue.depth >= m.offlineQueueSize;
-  let warnedFull = false;
-  let warnedFailing = false;
-  let lastRecount = -Infinity;
-  const recountIfFull = () => {
-    if (clock.now() - lastRecount < RECOUNT_WHEN_FULL_MS) return;
-    lastRecount = clock.now();
-    queue.recount().catch((err) =>
-      log.warn("cannot count the usage queue", { error: err })
-    );
-  };
+  const admission = new Admission({
+    queue,
+    offlineQueueSize: m.offlineQueueSize,
+    batchIntervalMs: m.batchIntervalMs,
+    usageDbPath: m.usageDbPath,
+    logger: log,
+    clock,
+  });
 
   return {
-    get full() {
-      if (!isFull()) return queue.failing;
-      // Readiness asks this while no generation comes to ask admit().
-      recountIfFull();
-      return true;
+    get refusing() {
+      return admission.refusing;
     },
     async record(outcome) {
       checkpointer?.finished(outcome.recordId);
@@ -192,57 +185,14 @@ export async function startMeter(
         return;
       }
       metrics.usageRecorded.inc();
+      admission.queueChanged();
       if (queue.depth >= m.batchMaxRecords) reporter?.nudge();
     },
-    admit() {
-      if (queue.failing) {
-        if (!warnedFailing) {
-          warnedFailing = true;
-          log.error(
-            "usage records cannot be committed; refusing new generations until the usage database works",
-            { path: m.usageDbPath },
-          );
-        }
-        return new SidecarError(
-          "metering_backlog",
-          `usage records cannot be written to the usage database; please ${
-            retryHint(RETRY_WHILE_FAILING_MS)
-          }`,
-          { retryAfterMs: RETRY_WHILE_FAILING_MS },
-        );
-      }
-      if (warnedFailing) {
-        warnedFailing = false;
-        log.info("usage database works again; admitting generations");
-      }
-
-      if (!isFull()) {
-        warnedFull = false;
-        return null;
-      }
-      recountIfFull();
-      if (!warnedFull) {
-        warnedFull = true;
-        log.error(
-          "usage queue is full; refusing new generations until billing catches up",
-          {
-            depth: queue.depth,
-            offline_queue_size: m.offlineQueueSize,
-          },
-        );
-      }
-      const wait = Math.max(m.batchIntervalMs, 1000);
-      return new SidecarError(
-        "metering_backlog",
-        `usage queue is full (${queue.depth} records waiting for billing); please ${
-          retryHint(wait)
-        }`,
-        { retryAfterMs: wait },
-      );
-    },
+    admit: () => admission.admit(),
     async shutdown(flushTimeoutMs) {
       // One deadline for all of it, so the shutdown fits the pod's grace.
       const until = clock.now() + flushTimeoutMs;
+      await admission.stop();
       await checkpointer?.stop();
       if (reporter) {
         await reporter.stop();

@@ -7,7 +7,8 @@ import type { LiveGeneration } from "./checkpoint.ts";
 import { startMeter } from "./mod.ts";
 import { UsageQueue } from "./queue.ts";
 import { type PartialUsage, uuidv7 } from "./record.ts";
-import { SteppingClock, tempDbPath, turn } from "./test_support.ts";
+import { FakeClock } from "../util/clock.ts";
+import { runTimers, tempDbPath, turn } from "./test_support.ts";
 
 function config(path: string) {
   const c = defaultConfig();
@@ -65,7 +66,7 @@ class FakeLive implements LiveGeneration {
 }
 
 Deno.test("a record that cannot be committed is logged in full, counted, and refuses generations until a commit works", async () => {
-  const clock = new SteppingClock();
+  const clock = new FakeClock();
   const lines: string[] = [];
   const log = createLogger({ sink: (l) => lines.push(l) });
   const metrics = new SidecarMetrics();
@@ -107,20 +108,23 @@ Deno.test("a record that cannot be committed is logged in full, counted, and ref
   equal(refusal?.kind, "metering_backlog");
   equal(refusal?.grpcCode, 14);
   ok((refusal?.retryAfterMs ?? 0) > 0);
-  ok(meter.full);
+  ok(meter.refusing);
 
   // The queue probes the database a second later, and it works.
-  await clock.run((async () => {
-    while (meter.admit() !== null) await turn(1);
-  })());
-  ok(!meter.full);
+  await runTimers(
+    clock,
+    (async () => {
+      while (meter.admit() !== null) await turn(1);
+    })(),
+  );
+  ok(!meter.refusing);
   await meter.record(outcome({ recordId: uuidv7() }));
   equal(await counter(metrics, "sidecar_usage_records_total"), 1);
   await meter.shutdown(1000);
 });
 
 Deno.test("checkpoints follow live generations; a final record replaces its checkpoint; a crash leaves interrupted records", async () => {
-  const clock = new SteppingClock();
+  const clock = new FakeClock();
   const path = await tempDbPath();
   const metrics = new SidecarMetrics();
   const a = new FakeLive("live-a");
@@ -182,7 +186,7 @@ Deno.test("checkpoints follow live generations; a final record replaces its chec
 });
 
 Deno.test("a full queue is counted again while full, so records drained elsewhere free room", async () => {
-  const clock = new SteppingClock();
+  const clock = new FakeClock();
   const path = await tempDbPath();
   const c = config(path);
   c.metering.offlineQueueSize = 2;
@@ -202,7 +206,7 @@ Deno.test("a full queue is counted again while full, so records drained elsewher
 
   clock.advance(1000);
   meter.admit();
-  for (let i = 0; i < 100 && meter.full; i++) await turn(1);
+  for (let i = 0; i < 100 && meter.refusing; i++) await turn(1);
   equal(meter.admit(), null);
   await meter.shutdown(100);
 });

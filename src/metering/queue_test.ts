@@ -1,8 +1,9 @@
 import { deepStrictEqual, equal, ok, rejects } from "node:assert/strict";
+import { FakeClock } from "../util/clock.ts";
 import { UsageQueue } from "./queue.ts";
 import {
   heavyLabels,
-  SteppingClock,
+  runTimers,
   tempDbPath,
   testRecord,
 } from "./test_support.ts";
@@ -100,7 +101,7 @@ Deno.test("when a group commit fails, its records are retried one by one and all
 });
 
 Deno.test("a record the database refuses fails alone after retries; the queue fails until the next commit", async () => {
-  const clock = new SteppingClock();
+  const clock = new FakeClock();
   // The queue's own size check is lifted, so Deno KV itself refuses the
   // oversized record ("Value too large").
   const queue = await UsageQueue.open(await tempDbPath(), {
@@ -115,7 +116,7 @@ Deno.test("a record the database refuses fails alone after retries; the queue fa
   const group = [queue.append(good[0]), queue.append(huge)];
   group.push(queue.append(good[1]), queue.append(good[2]));
   const all = Promise.allSettled([first, ...group]);
-  const results = await clock.run(all);
+  const results = await runTimers(clock, all);
 
   deepStrictEqual(results.map((r) => r.status), [
     "fulfilled",
@@ -132,9 +133,12 @@ Deno.test("a record the database refuses fails alone after retries; the queue fa
 
   // A probe write, a second later, finds the database working.
   equal(clock.nextDue(), 1030);
-  await clock.run((async () => {
-    while (queue.failing) await new Promise((r) => setTimeout(r, 1));
-  })());
+  await runTimers(
+    clock,
+    (async () => {
+      while (queue.failing) await new Promise((r) => setTimeout(r, 1));
+    })(),
+  );
   ok(!queue.failing);
   await queue.close();
 });
@@ -300,4 +304,22 @@ Deno.test("records another handle drained are noticed by peek and recount", asyn
   deepStrictEqual(await queue.peek(10), []);
   equal(queue.depth, 0, "a short peek is the whole queue");
   await queue.close();
+});
+
+Deno.test("close() waits for every write queued before it, then refuses more", async () => {
+  const path = await tempDbPath();
+  const queue = await UsageQueue.open(path);
+  // One commit runs, the others wait for the next group, when close() comes.
+  const writes = Array.from({ length: 20 }, () => queue.append(testRecord()));
+  const cp = queue.checkpoint([testRecord({ finish_reason: "interrupted" })]);
+  await queue.close();
+  const results = await Promise.allSettled([...writes, cp]);
+  deepStrictEqual(results.filter((r) => r.status === "rejected"), []);
+  equal(await cp, 0);
+  await rejects(queue.append(testRecord()), /the usage queue is closed/);
+
+  const again = await UsageQueue.open(path, { recoverInflight: false });
+  equal(again.depth, 20);
+  equal((await again.inflight()).length, 1);
+  await again.close();
 });

@@ -41,28 +41,6 @@ export interface UsageRecord {
 /** The finish reason of a record recovered from an in-flight checkpoint. */
 export const INTERRUPTED = "interrupted";
 
-/** Builds the record of a finished generation. */
-export function usageRecord(
-  outcome: GenerationOutcome,
-  instance: string,
-): UsageRecord {
-  return {
-    id: outcome.recordId,
-    schema: USAGE_SCHEMA,
-    request_id: outcome.requestId,
-    session_id: outcome.sessionId,
-    model_id: outcome.modelId,
-    billing_labels: outcome.billingLabels,
-    prompt_tokens: outcome.promptTokens,
-    completion_tokens: outcome.completionTokens,
-    worker_completion_tokens: outcome.workerCompletionTokens,
-    finish_reason: outcome.finishReason,
-    started_at: new Date(outcome.startedAtMs).toISOString(),
-    ended_at: new Date(outcome.endedAtMs).toISOString(),
-    sidecar_instance: instance,
-  };
-}
-
 /** What a generation in flight has used so far (see `Generation.partialUsage`). */
 export interface PartialUsage {
   /** The id its final record will carry. */
@@ -78,14 +56,19 @@ export interface PartialUsage {
   startedAtMs: number;
 }
 
-/**
- * The record a generation in flight would be billed if the sidecar died
- * now: what was delivered up to `atMs`, with finish reason `interrupted`.
- */
-export function checkpointRecord(
+/** How a record's generation ended, or where its checkpoint stopped. */
+interface RecordEnd {
+  finishReason: string;
+  workerCompletionTokens: number | null;
+  /** Wall-clock milliseconds since the epoch. */
+  endedAtMs: number;
+}
+
+/** The one place a record is put together: usage so far, plus its end. */
+function buildRecord(
   usage: PartialUsage,
+  end: RecordEnd,
   instance: string,
-  atMs: number,
 ): UsageRecord {
   return {
     id: usage.recordId,
@@ -96,12 +79,37 @@ export function checkpointRecord(
     billing_labels: usage.billingLabels,
     prompt_tokens: usage.promptTokens,
     completion_tokens: usage.completionTokens,
-    worker_completion_tokens: null,
-    finish_reason: INTERRUPTED,
+    worker_completion_tokens: end.workerCompletionTokens,
+    finish_reason: end.finishReason,
     started_at: new Date(usage.startedAtMs).toISOString(),
-    ended_at: new Date(Math.max(atMs, usage.startedAtMs)).toISOString(),
+    ended_at: new Date(end.endedAtMs).toISOString(),
     sidecar_instance: instance,
   };
+}
+
+/** Builds the record of a finished generation. */
+export function usageRecord(
+  outcome: GenerationOutcome,
+  instance: string,
+): UsageRecord {
+  return buildRecord(outcome, outcome, instance);
+}
+
+/**
+ * The record a generation in flight would be billed if the sidecar died
+ * now: what was delivered up to `atMs`, with finish reason `interrupted`.
+ */
+export function checkpointRecord(
+  usage: PartialUsage,
+  instance: string,
+  atMs: number,
+): UsageRecord {
+  return buildRecord(usage, {
+    finishReason: INTERRUPTED,
+    workerCompletionTokens: null,
+    // Wall time may step back between the start and the checkpoint.
+    endedAtMs: Math.max(atMs, usage.startedAtMs),
+  }, instance);
 }
 
 const HEX = Array.from(
@@ -111,7 +119,11 @@ const HEX = Array.from(
 
 /**
  * A UUID version 7 (RFC 9562): 48 bits of Unix milliseconds, then random
- * bits. Sorting ids sorts records by time, which keeps the queue in order.
+ * bits. A record's id is made when its generation starts, so the queue,
+ * which lists records in id order, holds them in order of their
+ * generations' start (to the millisecond), not of their commits: a long
+ * generation's record sorts before those of shorter generations that
+ * started after it, even when they were committed first.
  */
 export function uuidv7(unixMs: number = Date.now()): string {
   const b = crypto.getRandomValues(new Uint8Array(16));

@@ -7,8 +7,10 @@
  *   the queue.
  * - An endpoint failure (network error, timeout, 408, 429, 5xx, or a 4xx
  *   that says the endpoint or its configuration is wrong, answers.ts): the
- *   records stay, and the batch is retried after a capped exponential
- *   backoff with jitter, or after the `Retry-After` the endpoint asked for.
+ *   records stay, and the batch is retried after a backoff (exactly 1 s
+ *   before the first retry, then a jittered wait that doubles up to 60 s
+ *   and is never under 1 s: src/worker/backoff.ts), or after the
+ *   `Retry-After` the endpoint asked for.
  * - Any other 4xx, and 413: the batch is split in halves, and the halves
  *   sent, down to single records. A record refused on its own is set aside
  *   (kept, counted, logged) only if other records of the same batch were
@@ -17,6 +19,10 @@
  * - A failure of the queue itself (a Deno KV error) is logged, counted and
  *   backed off like an endpoint failure; the loop never dies of it.
  *
+ * This file is the schedule (intervals, backoff, stop, flush) and what a
+ * batch's outcome does to the queue; posting a batch and splitting it is
+ * batch_send.ts.
+ *
  * @module
  */
 
@@ -24,12 +30,12 @@ import type { UsageFormat } from "../config/mod.ts";
 import type { Logger } from "../log/logger.ts";
 import { type Clock, realClock, type TimerId } from "../util/clock.ts";
 import { backoffDelayMs } from "../worker/backoff.ts";
+import type { SendFailureKind } from "./answers.ts";
 import {
-  type Answer,
-  classifyAnswer,
-  type SendFailureKind,
-} from "./answers.ts";
-import { encodeBatch } from "./format.ts";
+  BatchSender,
+  type EndpointFailure,
+  type SendLimits,
+} from "./batch_send.ts";
 import type { UsageRecord } from "./record.ts";
 
 export type { SendFailureKind } from "./answers.ts";
@@ -64,43 +70,12 @@ export interface ReporterOptions {
   onSetAside?: (records: number) => void;
 }
 
-// Backoff after failed sends: starts at one second, and never waits longer
-// than a minute, so a recovered billing service is used within a minute.
+// Backoff after failed sends: the first retry comes after one second, and
+// no wait is longer than a minute, so a recovered billing service is used
+// within a minute.
 // A Retry-After is honoured up to the same minute.
 const BACKOFF_BASE_MS = 1_000;
 const BACKOFF_MAX_MS = 60_000;
-
-// Splitting a refused batch of n records costs up to 2n - 1 requests when
-// the endpoint refuses everything. After this many refused requests with
-// none accepted, the endpoint is taken to be at fault; a few bad records
-// among good ones are isolated long before.
-const MAX_REFUSED_POSTS = 64;
-
-/** Why a post was abandoned by `stop()`, told apart from a timeout. */
-class Stopped extends Error {
-  constructor() {
-    super("the reporter was stopped");
-    this.name = "Stopped";
-  }
-}
-
-type PostAnswer = Answer | { action: "stopped" };
-
-interface PostOptions {
-  /** Clock time by which every request of this send must end. */
-  deadline: number;
-  /** Whether `stop()` abandons the request (the loop's, not the flush's). */
-  stoppable: boolean;
-}
-
-/** What one batch's delivery, splits included, came to. */
-interface Delivery {
-  accepted: number;
-  refused: { record: UsageRecord; status: number; detail: string }[];
-  refusedPosts: number;
-  failure: Extract<Answer, { action: "endpoint_failure" }> | null;
-  stopped: boolean;
-}
 
 /** Outcome of sending the oldest batch. */
 type SendOutcome = "sent" | "empty" | "failed" | "stopped";
@@ -109,18 +84,29 @@ type SendOutcome = "sent" | "empty" | "failed" | "stopped";
 export class BillingReporter {
   #o: ReporterOptions;
   #clock: Clock;
-  #fetch: typeof fetch;
+  #sender: BatchSender;
   #stopped = false;
+  // Aborted by stop(): the loop's request in flight is abandoned with it.
+  #stop = new AbortController();
   #wake: (() => void) | null = null;
   #failures = 0;
   #retryAfterMs: number | null = null;
-  #inFlight: AbortController | null = null;
   #loop: Promise<void> | null = null;
 
   constructor(options: ReporterOptions) {
     this.#o = options;
     this.#clock = options.clock ?? realClock;
-    this.#fetch = options.fetch ?? fetch;
+    this.#sender = new BatchSender({
+      endpoint: options.endpoint,
+      format: options.format,
+      instance: options.instance,
+      requestTimeoutMs: options.requestTimeoutMs,
+      clock: this.#clock,
+      fetch: options.fetch ?? fetch,
+      accepted: (records) => options.queue.ack(records.map((r) => r.id)),
+      onSent: options.onSent,
+      onFailure: options.onFailure,
+    });
   }
 
   /** Consecutive failed sends (0 when the last one worked). */
@@ -144,7 +130,9 @@ export class BillingReporter {
    */
   async stop(): Promise<void> {
     this.#stopped = true;
-    this.#inFlight?.abort(new Stopped());
+    this.#stop.abort(
+      new DOMException("the reporter was stopped", "AbortError"),
+    );
     this.#wake?.();
     await this.#loop;
   }
@@ -158,7 +146,7 @@ export class BillingReporter {
     const until = this.#clock.now() + timeoutMs;
     try {
       while (this.#o.queue.depth > 0 && this.#clock.now() < until) {
-        if (await this.#sendOldest(until, false) !== "sent") break;
+        if (await this.#sendOldest({ deadline: until }) !== "sent") break;
       }
     } catch (err) {
       this.#queueFailed(err);
@@ -174,7 +162,10 @@ export class BillingReporter {
       // Drain the backlog batch by batch while sends succeed.
       try {
         while (!this.#stopped && this.#o.queue.depth > 0) {
-          const outcome = await this.#sendOldest(Infinity, true);
+          const outcome = await this.#sendOldest({
+            deadline: Infinity,
+            stop: this.#stop.signal,
+          });
           if (outcome !== "sent") break;
           if (this.#o.queue.depth < this.#o.batchMaxRecords) break;
         }
@@ -226,25 +217,12 @@ export class BillingReporter {
     });
   }
 
-  /**
-   * Sends the oldest batch, each request ending by `deadline` (clock time);
-   * `stoppable` requests are abandoned by `stop()`. Queue errors are thrown.
-   */
-  async #sendOldest(
-    deadline: number,
-    stoppable: boolean,
-  ): Promise<SendOutcome> {
+  /** Sends the oldest batch within `limits`. Queue errors are thrown. */
+  async #sendOldest(limits: SendLimits): Promise<SendOutcome> {
     const records = await this.#o.queue.peek(this.#o.batchMaxRecords);
     if (records.length === 0) return "empty";
 
-    const d: Delivery = {
-      accepted: 0,
-      refused: [],
-      refusedPosts: 0,
-      failure: null,
-      stopped: false,
-    };
-    await this.#deliver(records, { deadline, stoppable }, d);
+    const d = await this.#sender.deliver(records, limits);
     if (d.stopped) return "stopped";
 
     if (d.failure === null && d.refused.length > 0 && d.accepted === 0) {
@@ -283,10 +261,7 @@ export class BillingReporter {
     return "sent";
   }
 
-  #endpointFailed(
-    failure: Extract<Answer, { action: "endpoint_failure" }>,
-    records: number,
-  ): void {
+  #endpointFailed(failure: EndpointFailure, records: number): void {
     this.#failures++;
     this.#retryAfterMs = failure.retryAfterMs ?? null;
     this.#o.logger.warn("usage batch not delivered; will retry", {
@@ -297,105 +272,5 @@ export class BillingReporter {
       consecutive_failures: this.#failures,
       retry_after_ms: failure.retryAfterMs,
     });
-  }
-
-  /** Posts `records`, splitting refused batches; tallies into `d`. */
-  async #deliver(
-    records: UsageRecord[],
-    how: PostOptions,
-    d: Delivery,
-  ): Promise<void> {
-    if (d.failure !== null || d.stopped) return;
-    if (d.accepted === 0 && d.refusedPosts >= MAX_REFUSED_POSTS) return;
-
-    const answer = await this.#post(records, how);
-    switch (answer.action) {
-      case "stopped":
-        d.stopped = true;
-        return;
-      case "accepted":
-        await this.#o.queue.ack(records.map((r) => r.id));
-        this.#o.onSent?.(records.length);
-        d.accepted += records.length;
-        return;
-      case "endpoint_failure":
-        this.#o.onFailure?.(answer.kind);
-        d.failure = answer;
-        return;
-      case "refused": {
-        this.#o.onFailure?.("http_4xx");
-        d.refusedPosts++;
-        if (records.length === 1) {
-          d.refused.push({
-            record: records[0],
-            status: answer.status,
-            detail: answer.detail,
-          });
-          return;
-        }
-        const half = Math.ceil(records.length / 2);
-        await this.#deliver(records.slice(0, half), how, d);
-        await this.#deliver(records.slice(half), how, d);
-      }
-    }
-  }
-
-  async #post(records: UsageRecord[], how: PostOptions): Promise<PostAnswer> {
-    if (how.stoppable && this.#stopped) return { action: "stopped" };
-    const timeoutMs = Math.min(
-      this.#o.requestTimeoutMs,
-      how.deadline - this.#clock.now(),
-    );
-    if (timeoutMs <= 0) {
-      return {
-        action: "endpoint_failure",
-        kind: "timeout",
-        detail: "no time left",
-      };
-    }
-    const { contentType, body } = encodeBatch(
-      this.#o.format,
-      records,
-      this.#o.instance,
-    );
-
-    const controller = new AbortController();
-    if (how.stoppable) this.#inFlight = controller;
-    const timer = this.#clock.setTimeout(
-      () =>
-        controller.abort(
-          new DOMException(`no answer within ${timeoutMs} ms`, "TimeoutError"),
-        ),
-      timeoutMs,
-    );
-    try {
-      const res = await this.#fetch(this.#o.endpoint, {
-        method: "POST",
-        headers: { "content-type": contentType },
-        body,
-        signal: controller.signal,
-      });
-      const text = (await res.text()).slice(0, 500);
-      return classifyAnswer(
-        res.status,
-        res.headers.get("retry-after"),
-        `HTTP ${res.status} ${text}`,
-      );
-    } catch (err) {
-      const reason = controller.signal.reason;
-      if (controller.signal.aborted && reason instanceof Stopped) {
-        return { action: "stopped" };
-      }
-      const timeout = controller.signal.aborted ||
-        (err instanceof DOMException && err.name === "TimeoutError");
-      return {
-        action: "endpoint_failure",
-        kind: timeout ? "timeout" : "network",
-        detail: String((err as Error)?.message ?? err),
-      };
-    } finally {
-      this.#clock.clearTimeout(timer);
-      if (this.#inFlight === controller) this.#inFlight = null;
-    }
   }
 }

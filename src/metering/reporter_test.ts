@@ -1,5 +1,6 @@
 import { deepStrictEqual, equal, ok } from "node:assert/strict";
 import { silentLogger } from "../log/logger.ts";
+import { FakeClock } from "../util/clock.ts";
 import { backoffDelayMs } from "../worker/backoff.ts";
 import { parseRetryAfter } from "./answers.ts";
 import type { UsageRecord } from "./record.ts";
@@ -9,7 +10,7 @@ import {
   type ReporterQueue,
   type SendFailureKind,
 } from "./reporter.ts";
-import { SteppingClock, testRecord, turn } from "./test_support.ts";
+import { runTimers, step, testRecord, turn } from "./test_support.ts";
 
 /** An in-memory queue; `failAck`/`failSetAside` throw like a broken KV. */
 class MemQueue implements ReporterQueue {
@@ -59,7 +60,7 @@ interface Seen {
 
 /** A billing endpoint: `answer` decides each response (or throws). */
 function fakeEndpoint(
-  clock: SteppingClock,
+  clock: FakeClock,
   answer: (records: UsageRecord[], n: number) => Response | Promise<Response>,
 ) {
   const seen: Seen[] = [];
@@ -73,7 +74,7 @@ function fakeEndpoint(
 
 function reporterWith(
   queue: MemQueue,
-  clock: SteppingClock,
+  clock: FakeClock,
   fetchFn: typeof fetch,
   over: Partial<ReporterOptions> = {},
 ) {
@@ -109,10 +110,10 @@ function reporterWith(
 }
 
 /** Fires timers (with I/O in between) until `cond` holds. */
-async function stepUntil(clock: SteppingClock, cond: () => boolean) {
+async function stepUntil(clock: FakeClock, cond: () => boolean) {
   for (let i = 0; i < 500 && !cond(); i++) {
     await turn();
-    if (!cond()) clock.step();
+    if (!cond()) step(clock);
   }
   await turn();
   ok(cond(), "condition not reached");
@@ -121,7 +122,7 @@ async function stepUntil(clock: SteppingClock, cond: () => boolean) {
 const ok200 = () => Response.json({ ok: true });
 
 Deno.test("a full batch is sent at once, before the batch interval", async () => {
-  const clock = new SteppingClock();
+  const clock = new FakeClock();
   const queue = new MemQueue(3);
   const ep = fakeEndpoint(clock, ok200);
   const t = reporterWith(queue, clock, ep.fetch);
@@ -142,7 +143,7 @@ Deno.test("a full batch is sent at once, before the batch interval", async () =>
 });
 
 Deno.test("records are sent every batch interval", async () => {
-  const clock = new SteppingClock();
+  const clock = new FakeClock();
   const queue = new MemQueue(2);
   const ep = fakeEndpoint(clock, ok200);
   const t = reporterWith(queue, clock, ep.fetch);
@@ -154,7 +155,7 @@ Deno.test("records are sent every batch interval", async () => {
 });
 
 Deno.test("a network error is retried within the same run after a backoff, and nothing is lost", async () => {
-  const clock = new SteppingClock();
+  const clock = new FakeClock();
   const queue = new MemQueue(4);
   const ep = fakeEndpoint(clock, (_r, n) => {
     if (n === 1) throw new TypeError("connection refused");
@@ -178,28 +179,63 @@ Deno.test("a network error is retried within the same run after a backoff, and n
   await t.reporter.stop();
 });
 
-Deno.test("backoff doubles from 1 s to a 60 s cap, each wait jittered within [d/2, d]", async () => {
-  const clock = new SteppingClock();
+/** Gaps between the first 10 attempts against an endpoint that always fails. */
+async function backoffGaps(random?: () => number): Promise<number[]> {
+  const clock = new FakeClock();
   const queue = new MemQueue(1);
   const ep = fakeEndpoint(clock, () => new Response("down", { status: 500 }));
-  const t = reporterWith(queue, clock, ep.fetch);
+  const t = reporterWith(queue, clock, ep.fetch, { random });
   t.reporter.start();
   await stepUntil(clock, () => ep.seen.length === 10);
-  for (let k = 1; k < 10; k++) {
-    const gap = ep.seen[k].at - ep.seen[k - 1].at;
-    const ceiling = Math.min(60_000, 1000 * 2 ** (k - 1));
-    ok(
-      gap >= ceiling / 2 && gap <= ceiling,
-      `retry ${k} waited ${gap} ms, outside [${ceiling / 2}, ${ceiling}]`,
-    );
-  }
+  await t.reporter.stop();
   ok(t.failures.every((k) => k === "http_5xx"));
   equal(queue.depth, 1);
-  await t.reporter.stop();
+  return ep.seen.slice(1).map((s, k) => s.at - ep.seen[k].at);
+}
+
+Deno.test("backoff waits exactly 1 s before the first retry, then a step that doubles to a 60 s cap", async () => {
+  // Jitter at its lowest, then at its highest: each later wait lies in
+  // [max(1 s, step / 2), step], the step doubling from 2 s up to 60 s.
+  deepStrictEqual(await backoffGaps(() => 0), [
+    1000,
+    1000,
+    2000,
+    4000,
+    8000,
+    16_000,
+    30_000,
+    30_000,
+    30_000,
+  ]);
+  deepStrictEqual(await backoffGaps(() => 0.999_999), [
+    1000,
+    2000,
+    4000,
+    8000,
+    16_000,
+    32_000,
+    60_000,
+    60_000,
+    60_000,
+  ]);
+});
+
+Deno.test("backoff with random jitter stays within each step and never waits under 1 s", async () => {
+  const gaps = await backoffGaps();
+  equal(gaps[0], 1000, "the first retry waits exactly the base delay");
+  for (let k = 2; k <= gaps.length; k++) {
+    const step = Math.min(60_000, 1000 * 2 ** (k - 1));
+    const floor = Math.max(1000, step / 2);
+    const gap = gaps[k - 1];
+    ok(
+      gap >= floor && gap <= step,
+      `retry ${k} waited ${gap} ms, outside [${floor}, ${step}]`,
+    );
+  }
 });
 
 Deno.test("Retry-After in seconds is waited once, with no backoff after it", async () => {
-  const clock = new SteppingClock();
+  const clock = new FakeClock();
   const queue = new MemQueue(2);
   const ep = fakeEndpoint(
     clock,
@@ -218,7 +254,7 @@ Deno.test("Retry-After in seconds is waited once, with no backoff after it", asy
 });
 
 Deno.test("Retry-After as an HTTP-date is honoured", async () => {
-  const clock = new SteppingClock();
+  const clock = new FakeClock();
   const queue = new MemQueue(1);
   const when = new Date(Date.now() + 20_000).toUTCString();
   const ep = fakeEndpoint(
@@ -252,7 +288,7 @@ Deno.test("parseRetryAfter reads delay-seconds and HTTP-dates, and ignores the r
 });
 
 Deno.test("a batch refused in every part is an endpoint failure: nothing is set aside, all is kept", async () => {
-  const clock = new SteppingClock();
+  const clock = new FakeClock();
   const queue = new MemQueue(8);
   const ep = fakeEndpoint(clock, () => new Response("bad", { status: 400 }));
   const t = reporterWith(queue, clock, ep.fetch);
@@ -268,7 +304,7 @@ Deno.test("a batch refused in every part is an endpoint failure: nothing is set 
 });
 
 Deno.test("splitting a large batch the endpoint refuses whole stops after a bounded number of requests", async () => {
-  const clock = new SteppingClock();
+  const clock = new FakeClock();
   const queue = new MemQueue(500);
   const ep = fakeEndpoint(clock, () => new Response("bad", { status: 422 }));
   const t = reporterWith(queue, clock, ep.fetch, { batchMaxRecords: 500 });
@@ -283,7 +319,7 @@ Deno.test("splitting a large batch the endpoint refuses whole stops after a boun
 
 for (const status of [401, 403, 404, 405, 407, 415]) {
   Deno.test(`HTTP ${status} is an endpoint failure: the batch is neither split nor set aside`, async () => {
-    const clock = new SteppingClock();
+    const clock = new FakeClock();
     const queue = new MemQueue(8);
     const ep = fakeEndpoint(clock, () => new Response("no", { status }));
     const t = reporterWith(queue, clock, ep.fetch);
@@ -299,7 +335,7 @@ for (const status of [401, 403, 404, 405, 407, 415]) {
 }
 
 Deno.test("records refused among accepted ones are set aside, even at the head of the queue", async () => {
-  const clock = new SteppingClock();
+  const clock = new FakeClock();
   const poison = new Set([0, 1, 5]);
   const queue = new MemQueue(
     12,
@@ -326,7 +362,7 @@ Deno.test("records refused among accepted ones are set aside, even at the head o
 });
 
 Deno.test("413 splits the batch until the parts are small enough; nothing is set aside", async () => {
-  const clock = new SteppingClock();
+  const clock = new FakeClock();
   const queue = new MemQueue(16);
   const ep = fakeEndpoint(
     clock,
@@ -343,7 +379,7 @@ Deno.test("413 splits the batch until the parts are small enough; nothing is set
 });
 
 Deno.test("409 Conflict acknowledges the batch: billing already holds those ids", async () => {
-  const clock = new SteppingClock();
+  const clock = new FakeClock();
   const queue = new MemQueue(5);
   const ep = fakeEndpoint(
     clock,
@@ -359,7 +395,7 @@ Deno.test("409 Conflict acknowledges the batch: billing already holds those ids"
 });
 
 Deno.test("408 is counted as a timeout, not as a 5xx", async () => {
-  const clock = new SteppingClock();
+  const clock = new FakeClock();
   const queue = new MemQueue(1);
   const ep = fakeEndpoint(
     clock,
@@ -373,7 +409,7 @@ Deno.test("408 is counted as a timeout, not as a 5xx", async () => {
 });
 
 Deno.test("a queue error in ack or setAside is caught, counted and backed off; the loop goes on", async () => {
-  const clock = new SteppingClock();
+  const clock = new FakeClock();
   const queue = new MemQueue(
     4,
     (i) => testRecord({ billing_labels: { poison: i === 2 ? "1" : "0" } }),
@@ -421,7 +457,7 @@ function hangingFetch(calls: { n: number }): typeof fetch {
 }
 
 Deno.test("stop() abandons a request in flight at once; its records stay queued", async () => {
-  const clock = new SteppingClock();
+  const clock = new FakeClock();
   const queue = new MemQueue(3);
   const calls = { n: 0 };
   const t = reporterWith(queue, clock, hangingFetch(calls), {
@@ -437,13 +473,13 @@ Deno.test("stop() abandons a request in flight at once; its records stay queued"
 });
 
 Deno.test("flush ends within its deadline even when a request would take longer", async () => {
-  const clock = new SteppingClock();
+  const clock = new FakeClock();
   const queue = new MemQueue(3);
   const calls = { n: 0 };
   const t = reporterWith(queue, clock, hangingFetch(calls), {
     requestTimeoutMs: 10_000,
   });
-  const left = await clock.run(t.reporter.flush(3_000));
+  const left = await runTimers(clock, t.reporter.flush(3_000));
   equal(clock.now(), 3_000);
   equal(left, 3);
   equal(calls.n, 1);

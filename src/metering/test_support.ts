@@ -1,12 +1,12 @@
 /**
  * Shared pieces of the metering unit tests: records, temporary databases,
- * and a fake clock that can jump to its next timer while real I/O (Deno
+ * and driving a {@link FakeClock} from timer to timer while real I/O (Deno
  * KV) runs in between.
  *
  * @module
  */
 
-import { FakeClock, type TimerId } from "../util/clock.ts";
+import type { FakeClock } from "../util/clock.ts";
 import { USAGE_SCHEMA, type UsageRecord, uuidv7 } from "./record.ts";
 
 /** A usage record with plausible fields; `over` replaces any of them. */
@@ -58,53 +58,28 @@ export async function turn(times = 3): Promise<void> {
   }
 }
 
-/** A {@link FakeClock} that knows when its next timer is due. */
-export class SteppingClock extends FakeClock {
-  #due = new Map<TimerId, number>();
+/** Moves `clock` to its next timer and fires it (and any due with it). */
+export function step(clock: FakeClock): void {
+  const at = clock.nextDue();
+  if (at !== null) clock.advance(Math.max(0, at - clock.now()));
+}
 
-  override setTimeout(fn: () => void, delayMs: number): TimerId {
-    // deno-lint-ignore prefer-const -- assigned after the wrapper is made
-    let id: TimerId;
-    const wrapped = () => {
-      this.#due.delete(id);
-      fn();
-    };
-    id = super.setTimeout(wrapped, delayMs);
-    this.#due.set(id, this.now() + Math.max(0, delayMs));
-    return id;
+/**
+ * Keeps firing `clock`'s timers, letting real I/O run between them, until
+ * `promise` settles; fails after `maxSteps` timers.
+ */
+export async function runTimers<T>(
+  clock: FakeClock,
+  promise: Promise<T>,
+  maxSteps = 1000,
+): Promise<T> {
+  let settled = false;
+  const watched = promise.finally(() => (settled = true));
+  for (let i = 0; i < maxSteps && !settled; i++) {
+    await turn();
+    if (!settled) step(clock);
   }
-
-  override clearTimeout(id: TimerId): void {
-    this.#due.delete(id);
-    super.clearTimeout(id);
-  }
-
-  /** Clock time of the next timer, or null when none is set. */
-  nextDue(): number | null {
-    let min: number | null = null;
-    for (const at of this.#due.values()) if (min === null || at < min) min = at;
-    return min;
-  }
-
-  /** Moves to the next timer and fires it (and any due with it). */
-  step(): void {
-    const at = this.nextDue();
-    if (at !== null) this.advance(Math.max(0, at - this.now()));
-  }
-
-  /**
-   * Keeps firing timers, letting real I/O run between them, until
-   * `promise` settles; fails after `maxSteps` timers.
-   */
-  async run<T>(promise: Promise<T>, maxSteps = 1000): Promise<T> {
-    let settled = false;
-    const watched = promise.finally(() => (settled = true));
-    for (let i = 0; i < maxSteps && !settled; i++) {
-      await turn();
-      if (!settled) this.step();
-    }
-    if (!settled) await turn(10);
-    if (!settled) throw new Error(`still pending after ${maxSteps} timers`);
-    return await watched;
-  }
+  if (!settled) await turn(10);
+  if (!settled) throw new Error(`still pending after ${maxSteps} timers`);
+  return await watched;
 }

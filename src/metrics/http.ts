@@ -55,6 +55,9 @@ export function startMetricsServer(
             ready: verdict.serving,
             reasons: verdict.reasons,
             worker_state: s.state,
+            // Named for its commonest cause, kept for readers of this body:
+            // true whenever the meter refuses (a full usage queue, or a
+            // usage database that cannot be written).
             usage_queue_full: verdict.reasons.includes("metering_refusing"),
             ...("info" in s ? { model_id: s.info.modelId } : {}),
           },

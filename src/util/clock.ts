@@ -57,6 +57,16 @@ export class FakeClock implements Clock {
     return this.#timers.length;
   }
 
+  /**
+   * Clock time at which the next timer falls due, or null when none is
+   * set; `advance(nextDue() - now())` fires it.
+   */
+  nextDue(): number | null {
+    let min: number | null = null;
+    for (const t of this.#timers) if (min === null || t.at < min) min = t.at;
+    return min;
+  }
+
   /** Moves time forward by `ms`, firing every timer that falls due. */
   advance(ms: number): void {
     const target = this.#now + ms;
