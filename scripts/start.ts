@@ -12,8 +12,9 @@
  * @module
  */
 
-import { ConfigError, loadConfig } from "../src/config/mod.ts";
-import { absolutePath, denoFlags, permissionSet } from "../src/permissions.ts";
+import { ConfigError } from "../src/config/mod.ts";
+import { absolutePath } from "../src/permissions.ts";
+import { sidecarFlags } from "../tools/sidecar_flags.ts";
 
 const ROOT = new URL("../", import.meta.url).pathname;
 
@@ -40,8 +41,7 @@ export async function runArgs(args: string[]): Promise<string[]> {
   // Absolute, links kept: the path Deno will check (see absolutePath).
   if (configPath) configPath = absolutePath(configPath, Deno.cwd());
 
-  const config = await loadConfig(configPath);
-  const flags = denoFlags(permissionSet(config, configPath));
+  const flags = await sidecarFlags(configPath, Deno.cwd());
   return [
     "run",
     ...flags,

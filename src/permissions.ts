@@ -12,6 +12,7 @@
  */
 
 import type { Config } from "./config/mod.ts";
+import { bracketHost, hostPort } from "./util/host_port.ts";
 
 /**
  * Environment variables grpc-js reads at start-up (logging, tracing, TLS
@@ -70,8 +71,8 @@ export interface PermissionSet {
  * address without brackets (`::1`), which gets them here, once.
  */
 function listen(host: string, port: number): string {
-  const h = host.includes(":") ? `[${host}]` : host;
-  return port === 0 ? h : `${h}:${port}`;
+  // Port 0 is chosen at bind time: the host alone is granted.
+  return port === 0 ? bracketHost(host) : hostPort(host, port);
 }
 
 /** A URL's host without the brackets `URL.hostname` keeps on IPv6 addresses. */

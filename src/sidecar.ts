@@ -14,7 +14,8 @@ import { startMetricsServer } from "./metrics/http.ts";
 import { SessionSeries } from "./metrics/session_series.ts";
 import { SidecarMetrics } from "./metrics/registry.ts";
 import { startGatewayServer } from "./gateway/server.ts";
-import { type GenerationDeps, LiveCount } from "./gateway/generation.ts";
+import type { Generation, GenerationDeps } from "./gateway/generation.ts";
+import { LiveCount } from "./gateway/live_count.ts";
 import { realClock } from "./util/clock.ts";
 import { SIDECAR_AGENT } from "./version.ts";
 import { WorkerClient } from "./worker/client.ts";
@@ -30,6 +31,7 @@ const USAGE_FLUSH_ON_SHUTDOWN_MS = 3_000;
 // After the last generation ended, connections get this long to flush
 // their final messages before they are torn down.
 const CLOSE_GRACE_MS = 2_000;
+const FORCED_CLOSE_SETTLE_MS = 500;
 
 /** A running sidecar. */
 export interface Sidecar {
@@ -82,7 +84,7 @@ export async function startSidecar(
   );
 
   // The meter checkpoints the usage of the generations this counts.
-  const live = new LiveCount();
+  const live = new LiveCount<Generation>();
   const meter = await startMeter(
     config,
     metrics,
@@ -117,7 +119,7 @@ export async function startSidecar(
   // admit state changing is wired to `meterChanges` as well.
   const readiness = new Readiness({
     worker,
-    meterRefusing: () => meter.full,
+    meterRefusing: () => meter.refusing,
     clock,
   });
   metrics.gaugeFrom(
@@ -167,15 +169,22 @@ export async function startSidecar(
       // What is left fails with UNAVAILABLE and is metered; then the final
       // messages get a moment to flush before connections are torn down.
       const workerClosed = worker.stop();
-      // Both waits share one CLOSE_GRACE_MS, the figure the pod's
-      // termination grace period is computed with.
-      const closeBy = Date.now() + CLOSE_GRACE_MS;
-      await deps.live.idle(CLOSE_GRACE_MS);
+      // These waits share one CLOSE_GRACE_MS, the figure the pod's
+      // termination grace period is computed with; its last
+      // FORCED_CLOSE_SETTLE_MS is kept for generations whose streams a
+      // forced close ends, so that they are recorded before the queue
+      // closes.
+      const start = Date.now();
+      const closeBy = start + CLOSE_GRACE_MS - FORCED_CLOSE_SETTLE_MS;
+      await deps.live.idle(CLOSE_GRACE_MS - FORCED_CLOSE_SETTLE_MS);
       const timeout = new Promise<false>((r) =>
         setTimeout(() => r(false), Math.max(0, closeBy - Date.now()))
       );
       if (!await Promise.race([closed, timeout])) {
         grpcServer.server.forceShutdown();
+        await deps.live.idle(
+          Math.max(0, start + CLOSE_GRACE_MS - Date.now()),
+        );
       }
       sessions.stop();
       await workerClosed;

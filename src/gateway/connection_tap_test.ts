@@ -1,36 +1,11 @@
 import { deepStrictEqual, equal } from "node:assert/strict";
+import { concatBytes, FRAME, h2Frame } from "../../tests/helpers/h2_frame.ts";
 import { ConnectionTap, tapSession } from "./connection_tap.ts";
 
-/** An HTTP/2 frame: 9-byte header, then the payload. */
-function frame(
-  type: number,
-  flags: number,
-  stream: number,
-  payload: Uint8Array,
-): Uint8Array {
-  const f = new Uint8Array(9 + payload.length);
-  f[0] = payload.length >>> 16;
-  f[1] = (payload.length >>> 8) & 0xff;
-  f[2] = payload.length & 0xff;
-  f[3] = type;
-  f[4] = flags;
-  new DataView(f.buffer).setUint32(5, stream);
-  f.set(payload, 9);
-  return f;
-}
-
-const DATA = 0, HEADERS = 1, WINDOW_UPDATE = 8;
+const { DATA, HEADERS, WINDOW_UPDATE } = FRAME;
 const PADDED = 0x8, END_STREAM = 0x1;
-
-function concat(parts: Uint8Array[]): Uint8Array {
-  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
-  let at = 0;
-  for (const p of parts) {
-    out.set(p, at);
-    at += p.length;
-  }
-  return out;
-}
+const frame = h2Frame;
+const concat = (parts: Uint8Array[]) => concatBytes(...parts);
 
 /** A tap watching streams 1 and 3, and what each was credited. */
 function watched(): { tap: ConnectionTap; sent: Record<number, number[]> } {

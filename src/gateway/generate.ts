@@ -9,7 +9,7 @@
 import type * as grpc from "@grpc/grpc-js";
 import type { SidecarError } from "../errors.ts";
 import { statusFor } from "./status_map.ts";
-import { type LedgerCall, StreamLedger } from "./stream_ledger.ts";
+import { ledgerFor } from "./call_ledger.ts";
 import {
   countRejected,
   Generation,
@@ -40,26 +40,26 @@ export function generateHandler(
     }
 
     let open = true;
-    const ledger = newLedger(call, deps);
+    const ledger = ledgerFor(call, deps);
     const gen = new Generation(deps, {
       request: checked.value,
       rpc: "Generate",
       ledger,
       output: {
-        event: (ev, owner, tokens) => {
-          if (open) ledger.write(ev, owner, tokens);
+        event: (ev, slot, tokens) => {
+          if (open) ledger.write(ev, slot, tokens);
         },
         done: (ev) => {
           if (!open) return;
           open = false;
           ledger.write(ev, null);
-          ledger.flushNow();
+          ledger.flush();
           call.end();
         },
         failed: (error) => {
           if (!open) return;
           open = false;
-          ledger.flushNow();
+          ledger.flush();
           endWithError(call, error, deps);
         },
       },
@@ -89,24 +89,6 @@ export function generateHandler(
 
     gen.start();
   };
-}
-
-/** The ledger of a call, reporting stalls the way the sidecar logs. */
-export function newLedger(
-  call: LedgerCall,
-  deps: GenerationDeps,
-): StreamLedger {
-  return new StreamLedger(call, {
-    clock: deps.clock,
-    stallTimeoutMs: deps.stallTimeoutMs,
-    onStall: (unsent) => {
-      deps.metrics.gatewaySendErrors.inc({ kind: "stalled" });
-      deps.log.warn("gateway stream accepted nothing; reset", {
-        unsent_bytes: unsent,
-        stall_timeout_ms: deps.stallTimeoutMs,
-      });
-    },
-  });
 }
 
 function endWithError(

@@ -23,7 +23,8 @@ import type {
 } from "../worker/exchange.ts";
 import type { CancelReason } from "../worker/messages.ts";
 import { type PartialUsage, uuidv7 } from "../metering/record.ts";
-import type { LedgerOwner, StreamLedger } from "./stream_ledger.ts";
+import type { LiveCount } from "./live_count.ts";
+import type { LedgerOwner, LedgerSlot, StreamLedger } from "./stream_ledger.ts";
 import type { GenerateEventPb, UsagePb } from "./types.ts";
 import type { ValidatedRequest } from "./validate.ts";
 
@@ -58,9 +59,9 @@ export type OutcomeRecorder = (
 export interface GenerationOutput {
   /**
    * A non-final event (chunk or system message), written through the
-   * call's ledger for `owner`, whose `tokens` count once delivered.
+   * call's ledger for `slot`, whose `tokens` count once delivered.
    */
-  event(ev: GenerateEventPb, owner: LedgerOwner, tokens: number): void;
+  event(ev: GenerateEventPb, slot: LedgerSlot, tokens: number): void;
   /** The final `done` event. */
   done(ev: GenerateEventPb): void;
   /** The generation failed; `usage` is what was delivered. */
@@ -77,49 +78,10 @@ export interface GenerationDeps {
   /** Null when a generation may start; otherwise why not (e.g. usage backlog). */
   admit: () => SidecarError | null;
   /** Counts generations from start until their last event is written. */
-  live: LiveCount;
+  live: LiveCount<Generation>;
   sessions: SessionSeries;
   /** A gateway stream with unsent events that takes none for this long is reset. */
   stallTimeoutMs: number;
-}
-
-/** Generations started and not yet ended on their stream; drained at shutdown. */
-export class LiveCount {
-  #n = 0;
-  #idle: (() => void)[] = [];
-  #live = new Set<Generation>();
-
-  get count(): number {
-    return this.#n;
-  }
-
-  /** The generations counted now (the meter checkpoints their usage). */
-  generations(): Iterable<Generation> {
-    return this.#live;
-  }
-
-  begin(g?: Generation): void {
-    this.#n++;
-    if (g) this.#live.add(g);
-  }
-
-  end(g?: Generation): void {
-    this.#n--;
-    if (g) this.#live.delete(g);
-    if (this.#n === 0) { for (const f of this.#idle.splice(0)) f(); }
-  }
-
-  /** Resolves true when the count reaches 0, or false after `timeoutMs`. */
-  idle(timeoutMs: number): Promise<boolean> {
-    if (this.#n === 0) return Promise.resolve(true);
-    return new Promise((resolve) => {
-      const timer = setTimeout(() => resolve(false), timeoutMs);
-      this.#idle.push(() => {
-        clearTimeout(timer);
-        resolve(true);
-      });
-    });
-  }
 }
 
 /** One generation on a gateway stream. */
@@ -132,6 +94,7 @@ export class Generation implements GenerationSink, LedgerOwner {
   #rpc: string;
   #out: GenerationOutput;
   #ledger: StreamLedger;
+  #slot: LedgerSlot;
   #handle: GenerationHandle | null = null;
   #started = false;
   #ended = false;
@@ -164,6 +127,7 @@ export class Generation implements GenerationSink, LedgerOwner {
     this.#rpc = init.rpc;
     this.#out = init.output;
     this.#ledger = init.ledger;
+    this.#slot = init.ledger.slot(this);
     this.#onEnd = init.onEnd ?? (() => {});
     this.#startedAt = deps.clock.now();
     this.recordId = uuidv7(this.#startedAtMs);
@@ -224,9 +188,6 @@ export class Generation implements GenerationSink, LedgerOwner {
     if (this.#ended) return;
     this.#handle?.cancel(reason);
     const deadline = reason === "deadline_exceeded";
-    // Past its deadline the caller has given up: what the stream still
-    // holds is dropped (and so not billed) rather than waited for.
-    if (deadline) this.#ledger.resetIfPending();
     const error = deadline
       ? new SidecarError(
         "deadline",
@@ -248,7 +209,8 @@ export class Generation implements GenerationSink, LedgerOwner {
 
   /** Gives credit owed to this generation back after the stream drained. */
   release(): void {
-    if (this.#owed > 0 && !this.#ended) {
+    // A stream that is gone takes nothing more: no credit for it.
+    if (this.#owed > 0 && !this.#ended && !this.#ledger.abandoned) {
       this.#handle?.grant(this.#owed);
     }
     this.#owed = 0;
@@ -280,7 +242,7 @@ export class Generation implements GenerationSink, LedgerOwner {
     this.#sent += tokenIds.length;
     this.#out.event(
       { request_id: this.requestId, chunk: { text, token_ids: tokenIds } },
-      this,
+      this.#slot,
       tokenIds.length,
     );
 
@@ -288,7 +250,7 @@ export class Generation implements GenerationSink, LedgerOwner {
     // worker slows down for this stream alone.
     if (this.#ledger.blocked) {
       this.#owed++;
-      this.#ledger.wait(this);
+      this.#ledger.wait(this.#slot);
     } else {
       this.#handle?.grant(1);
     }
@@ -305,7 +267,7 @@ export class Generation implements GenerationSink, LedgerOwner {
           eta_ms: etaMs,
         },
       },
-      this,
+      this.#slot,
       0,
     );
   }
@@ -342,7 +304,7 @@ export class Generation implements GenerationSink, LedgerOwner {
     // left the sidecar (or the stream is gone), so that it counts exactly
     // the tokens delivered.
     this.#ledger.whenDelivered(
-      this,
+      this.#slot,
       () =>
         this.#report(
           finishReason,

@@ -7,6 +7,7 @@
 import * as grpc from "@grpc/grpc-js";
 import { fromJSON, type Options } from "@grpc/proto-loader";
 import protobuf from "protobufjs";
+import { serializeEvent } from "./event_codec.ts";
 import { HEALTH_PROTO, SIDECAR_PROTO } from "./proto_source.ts";
 
 // Field names stay as written in the .proto (snake_case), 64-bit integers
@@ -51,8 +52,27 @@ export const HealthClient: grpc.ServiceClientConstructor = lookup(
   "grpc.health.v1.Health",
 );
 
-/** `cy.sidecar.v1.Sidecar`. */
-export const SIDECAR_SERVICE: grpc.ServiceDefinition = SidecarClient.service;
+/**
+ * `cy.sidecar.v1.Sidecar`, as the server registers it: the streaming
+ * methods write their events with the hand encoder (event_codec.ts), also
+ * where an event goes through grpc-js's own writer.
+ */
+export const SIDECAR_SERVICE: grpc.ServiceDefinition = withEventSerializer(
+  SidecarClient.service,
+);
+
+function withEventSerializer(
+  service: grpc.ServiceDefinition,
+): grpc.ServiceDefinition {
+  return Object.fromEntries(
+    Object.entries(service).map(([name, method]) => [
+      name,
+      name === "Generate" || name === "Session"
+        ? { ...method, responseSerialize: serializeEvent }
+        : method,
+    ]),
+  );
+}
 
 /** `grpc.health.v1.Health`. */
 export const HEALTH_SERVICE: grpc.ServiceDefinition = HealthClient.service;

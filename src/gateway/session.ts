@@ -15,7 +15,7 @@ import {
   Generation,
   type GenerationDeps,
 } from "./generation.ts";
-import { newLedger } from "./generate.ts";
+import { ledgerFor } from "./call_ledger.ts";
 import type { GenerateEventPb, SessionRequestPb } from "./types.ts";
 import { validateRequest } from "./validate.ts";
 
@@ -26,7 +26,7 @@ export function sessionHandler(
   deps: GenerationDeps,
 ): grpc.handleBidiStreamingCall<SessionRequestPb, GenerateEventPb> {
   return (call: Call) => {
-    const ledger = newLedger(call, deps);
+    const ledger = ledgerFor(call, deps);
     const live = new Map<string, Generation>();
     let open = true;
     let halfClosed = false;
@@ -37,7 +37,7 @@ export function sessionHandler(
     const endIfIdle = () => {
       if (open && halfClosed && live.size === 0) {
         open = false;
-        ledger.flushNow();
+        ledger.flush();
         call.end();
       }
     };
@@ -95,8 +95,8 @@ export function sessionHandler(
         rpc: "Session",
         ledger,
         output: {
-          event: (ev, owner, tokens) => {
-            if (open) ledger.write(ev, owner, tokens);
+          event: (ev, slot, tokens) => {
+            if (open) ledger.write(ev, slot, tokens);
           },
           done: write,
           failed: (error, usage) => {

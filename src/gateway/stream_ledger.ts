@@ -14,29 +14,33 @@
  *   that stops reading one call stops only that call's generations, and
  *   the sidecar holds a bounded amount for it.
  * - **Stalls.** A stream that holds unsent bytes and sends none of them
- *   for `stallTimeoutMs` is reset; what it had not taken is dropped, and so
+ *   for a whole `stallTimeoutMs` is reset (so between one and two timeouts
+ *   after it last sent anything); what it had not taken is dropped, and so
  *   not billed either.
  * - **Coalescing.** Events written in one turn of the event loop go out as
- *   one write per stream, with the connections they use corked for the
- *   turn, so that a burst of tokens costs one socket write per connection.
+ *   one write per stream (stream_transport.ts).
  *
  * Events go straight to the HTTP/2 stream, past grpc-js's per-message
  * writable (which completes one message per event-loop turn on Deno). The
  * call's headers still go through grpc-js (`sendMetadata`), and so does its
  * end (status and trailers), after the events written here. Where the
- * stream or the connection tap cannot be found (another grpc-js or Deno),
- * the ledger writes through `call.write()` and counts an event as
- * delivered when it is written.
+ * stream or the connection tap cannot be found, the ledger writes through
+ * `call.write()` and counts an event as delivered when it is written.
  *
  * @module
  */
 
 import { Buffer } from "node:buffer";
-import process from "node:process";
 import * as grpc from "@grpc/grpc-js";
 import type { Clock, TimerId } from "../util/clock.ts";
-import { type ConnectionTap, tapSession } from "./connection_tap.ts";
 import { encodeEventMessage } from "./event_codec.ts";
+import {
+  type Corkable,
+  flushAtEndOfTurn,
+  type LedgerTransport,
+  transportOf,
+  type TurnWriter,
+} from "./stream_transport.ts";
 import type { GenerateEventPb } from "./types.ts";
 
 // A stream blocks above 16 KiB unsent (about 300 token events) and
@@ -48,17 +52,6 @@ export const LOW_WATER_BYTES = 4 * 1024;
 // NGHTTP2_CANCEL: the RST_STREAM code for a stream the sidecar gives up on.
 const RST_CANCEL = 8;
 
-/** The HTTP/2 stream under a grpc-js call, as far as the ledger needs it. */
-export interface Http2StreamLike {
-  readonly id?: number;
-  write(chunk: Uint8Array): boolean;
-  readonly destroyed: boolean;
-  readonly closed: boolean;
-  close(code: number): void;
-  once(event: "close", listener: () => void): unknown;
-  readonly session?: object | null;
-}
-
 /** A gRPC server call the ledger writes on. */
 export interface LedgerCall {
   write(message: GenerateEventPb): boolean;
@@ -66,7 +59,7 @@ export interface LedgerCall {
   on(event: "drain", listener: () => void): unknown;
 }
 
-/** Whoever owns the events: told what was delivered, and when to resume. */
+/** Whoever owns events: told what was delivered, and when to resume. */
 export interface LedgerOwner {
   /** `tokens` of this owner's events have left the sidecar. */
   delivered(tokens: number): void;
@@ -74,11 +67,17 @@ export interface LedgerOwner {
   release(): void;
 }
 
-/** Where the ledger writes and what tells it what was sent (tests). */
-export interface LedgerTransport {
-  stream: Http2StreamLike;
-  tap: ConnectionTap;
-  socket: { cork(): void; uncork(): void } | null;
+/** An owner's place in a ledger; see {@link StreamLedger.slot}. */
+export class LedgerSlot {
+  readonly owner: LedgerOwner;
+  /** Events written and not yet delivered. */
+  pending = 0;
+  /** Called once `pending` is 0 (or the stream is gone), then cleared. */
+  onDelivered: (() => void) | null = null;
+
+  constructor(owner: LedgerOwner) {
+    this.owner = owner;
+  }
 }
 
 /** Options of {@link StreamLedger}. */
@@ -93,91 +92,14 @@ export interface LedgerOptions {
 }
 
 interface Entry {
-  owner: LedgerOwner | null;
+  slot: LedgerSlot | null;
   tokens: number;
   /** Offset just past the entry's last byte, in bytes written. */
   end: number;
 }
 
-interface OwnerState {
-  pending: number;
-  delivered: (() => void) | null;
-}
-
-/**
- * The HTTP/2 stream of a grpc-js server call, or null when this grpc-js
- * does not keep it where 1.14 does (`call.call[.nextCall...].stream`).
- */
-export function http2StreamOf(call: unknown): Http2StreamLike | null {
-  let c = (call as { call?: unknown })?.call as Record<string, unknown> | null;
-  for (let i = 0; c && i < 8 && !("stream" in c); i++) {
-    c = c.nextCall as Record<string, unknown> | null;
-  }
-  const s = c?.stream as Http2StreamLike | undefined;
-  return s && typeof s.write === "function" && typeof s.close === "function"
-    ? s
-    : null;
-}
-
-/** The transport of a call: its HTTP/2 stream, tapped; null if not found. */
-export function transportOf(call: unknown): LedgerTransport | null {
-  const stream = http2StreamOf(call);
-  const session = stream?.session ?? null;
-  const tap = tapSession(session);
-  if (!stream || !tap || typeof stream.id !== "number") return null;
-  let socket: LedgerTransport["socket"] = null;
-  try {
-    const s = (session as { socket?: { cork?: unknown; uncork?: unknown } })
-      .socket;
-    if (typeof s?.cork === "function" && typeof s?.uncork === "function") {
-      socket = s as LedgerTransport["socket"];
-    }
-  } catch { /* no socket to cork: writes go out one by one */ }
-  return { stream, tap, socket };
-}
-
-// ---- one flush per event-loop turn, for every ledger written in it ----
-
-let dirty: StreamLedger[] = [];
-let flushScheduled = false;
-
-function scheduleFlush(ledger: StreamLedger): void {
-  dirty.push(ledger);
-  if (!flushScheduled) {
-    flushScheduled = true;
-    queueMicrotask(flushDirty);
-  }
-}
-
-function flushDirty(): void {
-  flushScheduled = false;
-  const ledgers = dirty;
-  dirty = [];
-  const corked: { cork(): void; uncork(): void }[] = [];
-  for (const l of ledgers) {
-    const socket = l.socket;
-    if (socket && !corked.includes(socket)) {
-      socket.cork();
-      corked.push(socket);
-    }
-  }
-  try {
-    for (const l of ledgers) l.flush();
-  } finally {
-    // node:http2 serializes the frames of a turn's writes in a nextTick of
-    // its own, queued by those writes; uncorking in a nextTick queued after
-    // them lets that run into the corked socket, so the frames of every
-    // stream on a connection leave in one write.
-    if (corked.length > 0) {
-      process.nextTick(() => {
-        for (const s of corked) s.uncork();
-      });
-    }
-  }
-}
-
 /** The events of one gRPC call, from written to delivered. */
-export class StreamLedger {
+export class StreamLedger implements TurnWriter {
   #call: LedgerCall;
   #t: LedgerTransport | null;
   #clock: Clock;
@@ -191,13 +113,20 @@ export class StreamLedger {
   #sent = 0;
   #entries: Entry[] = [];
   #head = 0;
-  #owners = new Map<LedgerOwner, OwnerState>();
-  #waiters = new Set<LedgerOwner>();
+  /** Slots waiting for their last event to be delivered. */
+  #waitingDelivery = new Set<LedgerSlot>();
+  /** Slots waiting for the stream to unblock. */
+  #waitingRelease = new Set<LedgerSlot>();
   #blocked = false;
   #abandoned = false;
   #settleScheduled = false;
+  #settleTask = () => {
+    this.#settleScheduled = false;
+    this.#settle();
+  };
   #stallTimer: TimerId | null = null;
-  #progressAt = 0;
+  /** `#sent` when the stall timer was last armed or looked. */
+  #sentAtCheck = 0;
 
   constructor(call: LedgerCall, options: LedgerOptions) {
     this.#call = call;
@@ -212,14 +141,10 @@ export class StreamLedger {
       t.tap.watch(t.stream.id!, {
         sent: (bytes) => {
           this.#sent += bytes;
-          this.#progressAt = this.#clock.now();
           // Frames are being serialized right now: settle after that.
           if (!this.#settleScheduled) {
             this.#settleScheduled = true;
-            queueMicrotask(() => {
-              this.#settleScheduled = false;
-              this.#settle();
-            });
+            queueMicrotask(this.#settleTask);
           }
         },
       });
@@ -229,14 +154,14 @@ export class StreamLedger {
     }
   }
 
-  /** Whether events are followed to the wire (false: the fallback). */
-  get tracked(): boolean {
-    return this.#t !== null;
-  }
-
   /** True while the stream holds more unsent bytes than it should. */
   get blocked(): boolean {
     return this.#blocked;
+  }
+
+  /** True once the stream is gone: nothing written now is sent. */
+  get abandoned(): boolean {
+    return this.#abandoned;
   }
 
   /** Bytes written and not yet sent. */
@@ -244,63 +169,54 @@ export class StreamLedger {
     return this.#partsBytes + this.#written - this.#sent;
   }
 
-  /** @internal The connection's socket, corked for a turn's flush. */
-  get socket(): { cork(): void; uncork(): void } | null {
+  /** The connection's socket, corked for a turn's flush. */
+  get socket(): Corkable | null {
     return this.#t?.socket ?? null;
   }
 
+  /** A place for `owner` in this ledger, to write its events with. */
+  slot(owner: LedgerOwner): LedgerSlot {
+    return new LedgerSlot(owner);
+  }
+
   /**
-   * Writes `ev` for `owner`; its `tokens` are delivered once its bytes are
-   * sent. Events without an owner count nothing.
+   * Writes `ev` for `slot`; its `tokens` are delivered once its bytes are
+   * sent. Events without a slot count nothing.
    */
-  write(ev: GenerateEventPb, owner: LedgerOwner | null, tokens = 0): void {
+  write(ev: GenerateEventPb, slot: LedgerSlot | null, tokens = 0): void {
     if (this.#abandoned) return;
     if (!this.#t) {
       if (!this.#call.write(ev)) this.#blocked = true;
-      if (owner && tokens > 0) owner.delivered(tokens);
+      if (slot && tokens > 0) slot.owner.delivered(tokens);
       return;
     }
 
     const msg = encodeEventMessage(ev);
-    if (this.unsentBytes === 0) this.#progressAt = this.#clock.now();
+    if (this.#parts.length === 0) flushAtEndOfTurn(this);
     this.#parts.push(msg);
     this.#partsBytes += msg.length;
-    this.#entries.push({
-      owner,
-      tokens,
-      end: this.#written + this.#partsBytes,
-    });
-    if (owner) this.#state(owner).pending++;
-    if (this.#parts.length === 1) scheduleFlush(this);
+    this.#entries.push({ slot, tokens, end: this.#written + this.#partsBytes });
+    if (slot) slot.pending++;
     if (this.unsentBytes > HIGH_WATER_BYTES) this.#blocked = true;
-    this.#armStallTimer();
+    if (this.#stallTimer === null) this.#armStallTimer();
   }
 
-  /** Registers `owner` to be released when the stream unblocks. */
-  wait(owner: LedgerOwner): void {
-    this.#waiters.add(owner);
+  /** Registers `slot` to be released when the stream unblocks. */
+  wait(slot: LedgerSlot): void {
+    this.#waitingRelease.add(slot);
   }
 
   /**
-   * Calls `fn` once every event of `owner` has been sent, or the stream
-   * has gone (at once when nothing is pending). Then forgets the owner.
+   * Calls `fn` once every event of `slot` has been sent, or the stream has
+   * gone (at once when nothing is pending).
    */
-  whenDelivered(owner: LedgerOwner, fn: () => void): void {
-    const s = this.#owners.get(owner);
-    if (!s || s.pending === 0 || this.#abandoned) {
-      this.#owners.delete(owner);
+  whenDelivered(slot: LedgerSlot, fn: () => void): void {
+    if (slot.pending === 0 || this.#abandoned) {
       fn();
       return;
     }
-    s.delivered = fn;
-  }
-
-  /**
-   * Hands what was written so far to the HTTP/2 stream now, before the
-   * call ends: grpc-js writes the status after it.
-   */
-  flushNow(): void {
-    this.flush();
+    slot.onDelivered = fn;
+    this.#waitingDelivery.add(slot);
   }
 
   /**
@@ -318,7 +234,7 @@ export class StreamLedger {
   }
 
   /**
-   * The stream is gone: nothing more will be sent. Owners waiting for
+   * The stream is gone: nothing more will be sent. Slots waiting for
    * delivery are called now, with what was delivered before.
    */
   abandon(): void {
@@ -327,7 +243,11 @@ export class StreamLedger {
     this.#abandon();
   }
 
-  /** @internal Hands this turn's events to the HTTP/2 stream. */
+  /**
+   * Hands the events written so far to the HTTP/2 stream now (also done at
+   * the end of every turn). Call before ending the call: grpc-js writes the
+   * status after what the stream holds.
+   */
   flush(): void {
     const t = this.#t;
     if (this.#parts.length === 0 || !t) return;
@@ -336,7 +256,8 @@ export class StreamLedger {
     this.#parts = [];
     this.#partsBytes = 0;
     if (this.#abandoned) return;
-    if (t.stream.destroyed || t.stream.closed) {
+    const s = t.stream;
+    if (s.destroyed || s.closed || s.writableEnded) {
       this.abandon();
       return;
     }
@@ -346,7 +267,7 @@ export class StreamLedger {
       this.#call.sendMetadata(new grpc.Metadata());
     }
     this.#written += bytes;
-    t.stream.write(parts.length === 1 ? parts[0] : Buffer.concat(parts, bytes));
+    s.write(parts.length === 1 ? parts[0] : Buffer.concat(parts, bytes));
   }
 
   #abandon(): void {
@@ -358,9 +279,9 @@ export class StreamLedger {
     this.#partsBytes = 0;
     this.#entries = [];
     this.#head = 0;
-    const owners = [...this.#owners.values()];
-    this.#owners.clear();
-    for (const s of owners) s.delivered?.();
+    const waiting = [...this.#waitingDelivery];
+    this.#waitingDelivery.clear();
+    for (const slot of waiting) this.#delivered(slot);
     this.#unblock();
   }
 
@@ -369,64 +290,58 @@ export class StreamLedger {
     if (this.#abandoned) return;
     const sent = this.#sent;
     const entries = this.#entries;
-    let done: (() => void)[] | null = null;
-    while (this.#head < entries.length && entries[this.#head].end <= sent) {
-      const e = entries[this.#head++];
-      if (!e.owner) continue;
-      if (e.tokens > 0) e.owner.delivered(e.tokens);
-      const s = this.#owners.get(e.owner);
-      if (s && --s.pending === 0) {
-        this.#owners.delete(e.owner);
-        if (s.delivered) (done ??= []).push(s.delivered);
+    let head = this.#head;
+    while (head < entries.length && entries[head].end <= sent) {
+      const e = entries[head++];
+      const slot = e.slot;
+      if (!slot) continue;
+      if (e.tokens > 0) slot.owner.delivered(e.tokens);
+      if (--slot.pending === 0 && slot.onDelivered) {
+        this.#waitingDelivery.delete(slot);
+        this.#delivered(slot);
       }
     }
-    if (this.#head === entries.length) {
+    if (head === entries.length) {
       this.#entries = [];
-      this.#head = 0;
-    } else if (this.#head > 1024) {
-      this.#entries = entries.slice(this.#head);
-      this.#head = 0;
+      head = 0;
+    } else if (head > 1024) {
+      this.#entries = entries.slice(head);
+      head = 0;
     }
+    this.#head = head;
 
     if (this.#blocked && this.unsentBytes <= LOW_WATER_BYTES) this.#unblock();
-    if (done) { for (const fn of done) fn(); }
   }
 
-  #state(owner: LedgerOwner): OwnerState {
-    let s = this.#owners.get(owner);
-    if (!s) {
-      s = { pending: 0, delivered: null };
-      this.#owners.set(owner, s);
-    }
-    return s;
+  #delivered(slot: LedgerSlot): void {
+    const fn = slot.onDelivered;
+    slot.onDelivered = null;
+    fn?.();
   }
 
   #unblock(): void {
     this.#blocked = false;
-    if (this.#waiters.size === 0) return;
-    const waiters = [...this.#waiters];
-    this.#waiters.clear();
-    for (const w of waiters) w.release();
+    if (this.#waitingRelease.size === 0) return;
+    const slots = [...this.#waitingRelease];
+    this.#waitingRelease.clear();
+    for (const s of slots) s.owner.release();
   }
 
-  // One timer per stream with unsent bytes, re-armed at most once per
-  // stall timeout: it looks at when bytes last went out, not at every write.
+  // One timer per stream while it has unsent bytes, looking once per stall
+  // timeout at whether anything was sent since it last looked: no clock
+  // read per frame, and a reset between one and two timeouts after the
+  // stream last sent anything.
   #armStallTimer(): void {
-    if (this.#stallTimer !== null) return;
-    const check = () => {
+    this.#sentAtCheck = this.#sent;
+    this.#stallTimer = this.#clock.setTimeout(() => {
       this.#stallTimer = null;
       if (this.#abandoned || this.unsentBytes === 0) return;
-      const idle = this.#clock.now() - this.#progressAt;
-      if (idle >= this.#stallTimeoutMs) {
-        this.#onStall?.(this.unsentBytes);
-        this.resetIfPending();
+      if (this.#sent !== this.#sentAtCheck) {
+        this.#armStallTimer();
         return;
       }
-      this.#stallTimer = this.#clock.setTimeout(
-        check,
-        this.#stallTimeoutMs - idle,
-      );
-    };
-    this.#stallTimer = this.#clock.setTimeout(check, this.#stallTimeoutMs);
+      this.#onStall?.(this.unsentBytes);
+      this.resetIfPending();
+    }, this.#stallTimeoutMs);
   }
 }

@@ -11,21 +11,14 @@
 
 import protobuf from "protobufjs";
 import { SIDECAR_PROTO } from "../../src/gateway/proto_source.ts";
+import { concatBytes, FRAME, h2Frame } from "./h2_frame.ts";
 
 const root = protobuf.parse(SIDECAR_PROTO, { keepCase: true }).root;
 const GenerateRequest = root.lookupType("cy.sidecar.v1.GenerateRequest");
 const GenerateEvent = root.lookupType("cy.sidecar.v1.GenerateEvent");
 
 const PREFACE = new TextEncoder().encode("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
-const T = {
-  DATA: 0,
-  HEADERS: 1,
-  RST_STREAM: 3,
-  SETTINGS: 4,
-  PING: 6,
-  GOAWAY: 7,
-  WINDOW_UPDATE: 8,
-};
+const T = FRAME;
 const F = { END_STREAM: 0x1, ACK: 0x1, END_HEADERS: 0x4 };
 const SETTINGS_ENABLE_PUSH = 0x2;
 const SETTINGS_INITIAL_WINDOW_SIZE = 0x4;
@@ -53,22 +46,7 @@ export interface WireStream {
   autoGrant: boolean;
 }
 
-function frame(
-  type: number,
-  flags: number,
-  stream: number,
-  payload: Uint8Array,
-): Uint8Array {
-  const f = new Uint8Array(9 + payload.length);
-  f[0] = payload.length >>> 16;
-  f[1] = (payload.length >>> 8) & 0xff;
-  f[2] = payload.length & 0xff;
-  f[3] = type;
-  f[4] = flags;
-  new DataView(f.buffer).setUint32(5, stream & 0x7fffffff);
-  f.set(payload, 9);
-  return f;
-}
+const frame = h2Frame;
 
 function u32(v: number): Uint8Array {
   const b = new Uint8Array(4);
@@ -85,12 +63,7 @@ function literal(name: string, value: string): number[] {
   return [0x00, n.length, ...n, v.length, ...v];
 }
 
-function concat(a: Uint8Array, b: Uint8Array): Uint8Array {
-  const out = new Uint8Array(a.length + b.length);
-  out.set(a);
-  out.set(b, a.length);
-  return out;
-}
+const concat = concatBytes;
 
 /** One TCP connection speaking HTTP/2 to the sidecar's gRPC port. */
 export class WireGateway {
@@ -218,12 +191,21 @@ export class WireGateway {
     }
   }
 
-  /** Drops the TCP connection without a word (a gateway that vanished). */
+  /**
+   * Drops the TCP connection without a word (a gateway that vanished). The
+   * write side is shut first: in Deno 2.8 a close alone leaves a pending
+   * read (and the descriptor) open until the peer hangs up.
+   */
   async drop(): Promise<void> {
-    this.#closed = true;
-    try {
-      this.#conn.close();
-    } catch { /* already closed */ }
+    if (!this.#closed) {
+      this.#closed = true;
+      try {
+        await this.#conn.closeWrite();
+      } catch { /* already shut */ }
+      try {
+        this.#conn.close();
+      } catch { /* already closed */ }
+    }
     await this.#reading.catch(() => {});
   }
 
