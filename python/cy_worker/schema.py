@@ -13,6 +13,9 @@ from typing import Any, Callable, Dict, Optional, Tuple
 MIN_MAX_FRAME_BYTES = 1024
 
 MAX_TOKEN_ID = 0xFFFFFFFF
+# Counts, ETAs and limits reach uint32 fields of the sidecar's gateway API:
+# a larger value is refused here as it is by the sidecar.
+MAX_UINT32 = 0xFFFFFFFF
 MAX_ID_CHARS = 128
 STATES = ("ready", "reloading", "draining")
 
@@ -30,6 +33,10 @@ def _is_int(value: Any) -> bool:
 
 def _int_at_least(low: int) -> Callable[[Any], bool]:
     return lambda v: _is_int(v) and v >= low
+
+
+def _uint32_at_least(low: int) -> Callable[[Any], bool]:
+    return lambda v: _is_int(v) and low <= v <= MAX_UINT32
 
 
 def _is_number(value: Any) -> bool:
@@ -76,8 +83,9 @@ def _is_versions(value: Any) -> bool:
 _ID = (True, _is_id, "a string of 1..128 characters")
 _OPTIONAL_ID = (False, _is_id, "a string of 1..128 characters")
 _STATE = (True, lambda v: v in STATES, "one of ready, reloading, draining")
-_OPTIONAL_ETA = (False, _int_at_least(0), "an integer >= 0")
-_COUNT = (True, _int_at_least(0), "an integer >= 0")
+_OPTIONAL_ETA = (False, _uint32_at_least(0), "an integer in 0..2^32-1")
+_COUNT = (True, _uint32_at_least(0), "an integer in 0..2^32-1")
+_CONCURRENCY = (True, _uint32_at_least(1), "an integer in 1..2^32-1")
 _SEQ = (True, _int_at_least(0), "an integer >= 0")
 
 
@@ -175,7 +183,7 @@ SCHEMAS: Dict[str, Dict[str, Check]] = {
                 "version": (True, _int_at_least(1), "an integer >= 1"),
                 "worker": (True, _is_str, "a string"),
                 "model_id": (True, _is_nonempty_str, "a non-empty string"),
-                "max_concurrency": (True, _int_at_least(1), "an integer >= 1"),
+                "max_concurrency": _CONCURRENCY,
                 "max_frame_bytes": _FRAME_LIMIT,
                 "state": _STATE,
                 "eta_ms": _OPTIONAL_ETA,
@@ -186,7 +194,7 @@ SCHEMAS: Dict[str, Dict[str, Check]] = {
                 "id": _ID,
                 "text": (True, _is_str, "a string"),
                 "token_ids": (True, _is_token_ids, "an array of integers in 0..2^32-1"),
-                "prompt_tokens": (False, _int_at_least(0), "an integer >= 0"),
+                "prompt_tokens": (False, _uint32_at_least(0), "an integer in 0..2^32-1"),
             },
             _check_chunk,
         ),
@@ -211,7 +219,7 @@ SCHEMAS: Dict[str, Dict[str, Check]] = {
                 "eta_ms": _OPTIONAL_ETA,
                 "message": (False, _is_str, "a string"),
                 "model_id": (False, _is_nonempty_str, "a non-empty string"),
-                "max_concurrency": (False, _int_at_least(1), "an integer >= 1"),
+                "max_concurrency": (False, _uint32_at_least(1), "an integer in 1..2^32-1"),
             }
         ),
         "pong": _members({"seq": _SEQ}),

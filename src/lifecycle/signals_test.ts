@@ -67,6 +67,17 @@ for (
   });
 }
 
-Deno.test("the exit status of a cut-short drain is the shell's interrupted status", () => {
-  equal(SECOND_SIGNAL_EXIT_CODE, 128 + 2);
+Deno.test("a second SIGTERM exits with the shell's interrupted status 130, not SIGTERM's own 143", async () => {
+  const host = new FakeHost();
+  const { log } = recordingLogger();
+  const shutdown = waitForShutdownSignal(log, host);
+  host.deliver("SIGTERM");
+  equal(await shutdown, "SIGTERM");
+  deepStrictEqual(host.exits, []);
+
+  host.deliver("SIGTERM");
+
+  // The status operators and supervisors see (docs/resilience.md): 128 +
+  // SIGINT's number, whichever signal cut the drain short.
+  deepStrictEqual(host.exits, [130]);
 });

@@ -7,7 +7,8 @@
  * @module
  */
 
-import { type Clock, realClock, type TimerId } from "../util/clock.ts";
+import type { AbandonedSockets } from "./abandoned.ts";
+import { type Clock, realClock } from "../util/clock.ts";
 import { WorkerConnectionError } from "./connection_errors.ts";
 import { encodeFrame, FrameDecoder } from "./framing.ts";
 import {
@@ -39,6 +40,11 @@ export interface ConnectOptions {
   agent: string;
   /** Timers of the handshake and of closing; default the process clock. */
   clock?: Clock;
+  /**
+   * Where a socket given up on with an operation still pending (a read
+   * left at the timeout) is recorded; default: not recorded.
+   */
+  abandoned?: AbandonedSockets;
 }
 
 /** A socket that completed the handshake. */
@@ -50,13 +56,10 @@ export interface Handshaken {
   clock: Clock;
 }
 
-// What the opening timer rejects with; turned into a described error.
-const TIMED_OUT = new Error("timed out");
-
 /**
  * Connects and performs the handshake. A worker that has not answered
  * `hello` within `handshakeTimeoutMs` (connecting included) fails it with
- * `handshake`.
+ * `handshake`; the read left pending then goes to `options.abandoned`.
  *
  * @throws {WorkerConnectionError} `refused`, `handshake`, `protocol` or `io`.
  */
@@ -65,71 +68,67 @@ export async function openHandshake(
 ): Promise<Handshaken> {
   const clock = options.clock ?? realClock;
   const ms = options.handshakeTimeoutMs;
-  // In Deno 2.8 closing a socket does not end a read pending on it, so a
-  // silent worker cannot be timed out by closing: each step races this
-  // timer instead. An abandoned read settles once the worker closes its
-  // end (it sees end-of-file from `shut`). The timer covers connect too:
-  // a stopped worker whose listen backlog is full makes connect wait.
-  let timer: TimerId | undefined;
-  const expired = new Promise<never>((_, reject) => {
-    timer = clock.setTimeout(() => reject(TIMED_OUT), ms);
-  });
-  expired.catch(() => {});
+  // One deadline for the whole handshake. It covers connecting too: a
+  // stopped worker whose listen backlog is full makes connect wait.
+  const deadline = clock.now() + ms;
+  const conn = await connectBy(options, deadline, clock);
 
+  // In Deno 2.8 closing a socket does not end a read pending on it, so a
+  // silent worker cannot be timed out by closing: the exchange races the
+  // deadline instead, and what it leaves pending is handed over as
+  // abandoned. It settles once the worker closes its end (it sees
+  // end-of-file from `shut`) or dies.
+  const decoder = new FrameDecoder({ maxFrameBytes: options.maxFrameBytes });
+  const hello = exchangeHello(conn, decoder, options);
+  hello.catch(() => {});
   try {
-    const conn = await connectWithin(options.socketPath, expired, ms);
-    const decoder = new FrameDecoder({ maxFrameBytes: options.maxFrameBytes });
-    const hello = exchangeHello(conn, decoder, options);
-    hello.catch(() => {});
-    try {
-      const welcome = await Promise.race([hello, expired]).catch((err) => {
-        throw err === TIMED_OUT
+    const welcome = await withTimeout(hello, deadline - clock.now(), clock)
+      .catch((err) => {
+        throw err instanceof Deno.errors.TimedOut
           ? new WorkerConnectionError(
             "handshake",
             `worker did not answer hello within ${ms} ms`,
           )
           : err;
       });
-      return { conn, decoder, welcome, clock };
-    } catch (err) {
-      const e = err instanceof WorkerConnectionError
-        ? err
-        : new WorkerConnectionError(
-          "handshake",
-          `handshake failed: ${(err as Error).message}`,
-        );
-      if (e.notifyWorker) {
-        // The worker's limit is not known yet: fit the smallest allowed.
-        await withTimeout(
-          writeAll(conn, errorFrame(e.message, MIN_PEER_FRAME_BYTES)),
-          PROTOCOL_ERROR_FLUSH_MS,
-          clock,
-        ).catch(() => {});
-      }
-      shut(conn);
-      throw e;
+    return { conn, decoder, welcome, clock };
+  } catch (err) {
+    const e = err instanceof WorkerConnectionError
+      ? err
+      : new WorkerConnectionError(
+        "handshake",
+        `handshake failed: ${(err as Error).message}`,
+      );
+    let notice: Promise<void> = Promise.resolve();
+    if (e.notifyWorker) {
+      // The worker's limit is not known yet: fit the smallest allowed.
+      notice = writeAll(conn, errorFrame(e.message, MIN_PEER_FRAME_BYTES));
+      await withTimeout(notice, PROTOCOL_ERROR_FLUSH_MS, clock).catch(() => {});
     }
-  } finally {
-    if (timer !== undefined) clock.clearTimeout(timer);
+    shut(conn);
+    // Whatever is still pending on the socket keeps its descriptor open.
+    options.abandoned?.add(Promise.allSettled([hello, notice]));
+    throw e;
   }
 }
 
-/** Connects to `path`, or fails once `expired` rejects. */
-async function connectWithin(
-  path: string,
-  expired: Promise<never>,
-  timeoutMs: number,
+/** Connects to the worker's socket, or fails once `deadline` has passed. */
+async function connectBy(
+  options: ConnectOptions,
+  deadline: number,
+  clock: Clock,
 ): Promise<Deno.UnixConn> {
+  const path = options.socketPath;
   const connecting = Deno.connect({ transport: "unix", path });
   try {
-    return await Promise.race([connecting, expired]);
+    return await withTimeout(connecting, deadline - clock.now(), clock);
   } catch (err) {
-    if (err === TIMED_OUT) {
+    if (err instanceof Deno.errors.TimedOut) {
       // Should the connection still come, nobody wants it.
-      connecting.then(shut, () => {});
+      options.abandoned?.add(connecting.then(shut, () => {}));
       throw new WorkerConnectionError(
         "handshake",
-        `worker did not accept the connection within ${timeoutMs} ms`,
+        `worker did not accept the connection within ${options.handshakeTimeoutMs} ms`,
       );
     }
     if (err instanceof Deno.errors.PermissionDenied) throw err;

@@ -166,7 +166,15 @@ export type Validated<T> = { ok: true; value: T } | FrameFailure;
 type Obj = Record<string, unknown>;
 
 const MAX_ID_CHARS = 128;
-const UINT32_MAX = 0xffff_ffff;
+
+/**
+ * The largest value of a protobuf `uint32`. Every number the worker sends
+ * that reaches a `uint32` field of the gateway API (token ids and counts,
+ * `eta_ms`, `max_concurrency`) is bounded by it here, so a value the
+ * gateway's encoder cannot write is a protocol error of that frame rather
+ * than a failure while sending it on.
+ */
+export const UINT32_MAX = 0xffff_ffff;
 
 class FieldError extends Error {}
 
@@ -261,10 +269,10 @@ const workerChecks: Record<string, (m: Obj) => void> = {
     int(m, "version", 1);
     str(m, "worker");
     str(m, "model_id", { nonEmpty: true });
-    int(m, "max_concurrency", 1);
+    int(m, "max_concurrency", 1, UINT32_MAX);
     int(m, "max_frame_bytes", 1024);
     state(m);
-    optInt(m, "eta_ms", 0);
+    optInt(m, "eta_ms", 0, UINT32_MAX);
   },
   chunk(m) {
     id(m);
@@ -288,9 +296,9 @@ const workerChecks: Record<string, (m: Obj) => void> = {
   },
   status(m) {
     state(m);
-    optInt(m, "eta_ms", 0);
+    optInt(m, "eta_ms", 0, UINT32_MAX);
     if (m.model_id !== undefined) str(m, "model_id", { nonEmpty: true });
-    optInt(m, "max_concurrency", 1);
+    optInt(m, "max_concurrency", 1, UINT32_MAX);
     optStr(m, "message");
   },
   pong(m) {

@@ -104,7 +104,12 @@ export function nextMessage(decoder: FrameDecoder): WorkerMessage | null {
   return msg.value;
 }
 
-/** `promise`, or a rejection once `ms` have passed on `clock`. */
+/**
+ * `promise`, or a rejection once `ms` have passed on `clock`. The promise
+ * itself is left to run: the caller decides what to do with it.
+ *
+ * @throws {Deno.errors.TimedOut} once `ms` have passed first.
+ */
 export async function withTimeout<T>(
   promise: Promise<T>,
   ms: number,
@@ -112,7 +117,10 @@ export async function withTimeout<T>(
 ): Promise<T> {
   let timer: TimerId | undefined;
   const expired = new Promise<never>((_, reject) => {
-    timer = clock.setTimeout(() => reject(new Error("timed out")), ms);
+    timer = clock.setTimeout(
+      () => reject(new Deno.errors.TimedOut(`timed out after ${ms} ms`)),
+      ms,
+    );
   });
   try {
     return await Promise.race([promise, expired]);

@@ -20,6 +20,11 @@
  * holds requests instead of failing them; `draining` fails them at once.
  * `stopped` is final: the sidecar is shutting down.
  *
+ * A retry that falls due while the socket of a timed-out handshake is still
+ * held open (a stopped worker never closes it) waits in `disconnected` (or
+ * `reloading`) until that socket is released; see `reconnect.ts`. The
+ * transitions are made by `link.ts`.
+ *
  * @module
  */
 
@@ -93,4 +98,39 @@ export function statusLabel(s: WorkerState): StatusLabel {
 /** True when new generations can be sent to the worker. */
 export function acceptsWork(s: WorkerState): boolean {
   return s.state === "ready";
+}
+
+/** How a state change is logged: a level and the fields of the line. */
+export interface TransitionLog {
+  level: "debug" | "info";
+  fields: Record<string, unknown>;
+}
+
+/**
+ * How the change from `prev` to `next` is logged, or null when the state
+ * name stays (a reload re-announced, a reconnect while reloading).
+ */
+export function transitionLog(
+  prev: WorkerState,
+  next: WorkerState,
+): TransitionLog | null {
+  if (prev.state === next.state) return null;
+  // Reconnect attempts flip through "connecting" every few seconds while
+  // the worker is down; only the lasting states are news.
+  const quiet = prev.state === "connecting" || next.state === "connecting";
+  return {
+    level: quiet ? "debug" : "info",
+    fields: {
+      from: prev.state,
+      to: next.state,
+      ...("info" in next ? { model_id: next.info.modelId } : {}),
+      ...(next.state === "reloading" ? { eta_ms: next.etaMs } : {}),
+      ...(next.state === "disconnected"
+        ? {
+          error: next.lastError,
+          retry_in_ms: Math.round(next.retryAt - next.since),
+        }
+        : {}),
+    },
+  };
 }

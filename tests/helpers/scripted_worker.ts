@@ -165,11 +165,17 @@ export class ScriptedWorker {
   /**
    * From now on, completes the handshake of every open and future
    * connection at once, and answers its pings: a worker that behaves,
-   * for tests that only script what comes after the handshake.
+   * for tests that only script what comes after the handshake. Like such
+   * a worker, it also closes its end of the connections the sidecar has
+   * ended (until then a scripted peer holds them, as a stopped worker
+   * would).
    */
   answerAll(): void {
     this.#answerAll = true;
-    for (const p of this.#peers) if (!p.closed) this.#answer(p);
+    for (const p of this.#peers) {
+      if (p.closed) p.close();
+      else this.#answer(p);
+    }
   }
 
   #answer(peer: ScriptedPeer): void {
