@@ -41,6 +41,16 @@ function varintBytes(v: number): number {
     : 5;
 }
 
+/**
+ * A hint (an ETA, a retry delay) as a uint32: rounded and clamped, since a
+ * hint a millisecond off is still a hint, and no event may fail for one.
+ */
+function hint(v: number): number {
+  return Number.isFinite(v)
+    ? Math.min(UINT32_MAX, Math.max(0, Math.round(v)))
+    : 0;
+}
+
 function uint32(v: number, what: string): number {
   if (!Number.isInteger(v) || v < 0 || v > UINT32_MAX) {
     throw new RangeError(
@@ -164,7 +174,7 @@ function encodeOther(ev: Exclude<GenerateEventPb, { chunk: unknown }>): Buffer {
     field = 3;
     strings = [[2, s.text, utf8Length(s.text)]];
     body = uintField(SYSTEM_KINDS[s.kind] ?? 0) +
-      uintField(uint32(s.eta_ms, "eta_ms"));
+      uintField(hint(s.eta_ms));
   } else if ("done" in ev) {
     const d = ev.done;
     field = 4;
@@ -178,7 +188,7 @@ function encodeOther(ev: Exclude<GenerateEventPb, { chunk: unknown }>): Buffer {
     field = 5;
     strings = [[2, e.message, utf8Length(e.message)]];
     body = uintField(uint32(e.code, "code")) +
-      uintField(uint32(e.retry_after_ms, "retry_after_ms")) +
+      uintField(hint(e.retry_after_ms)) +
       delimited(usageBody(e.usage));
   }
   for (const [, , n] of strings) body += n === 0 ? 0 : delimited(n);
@@ -196,7 +206,7 @@ function encodeOther(ev: Exclude<GenerateEventPb, { chunk: unknown }>): Buffer {
   if ("system" in ev) {
     pos = writeUint(buf, pos, 1, SYSTEM_KINDS[ev.system.kind] ?? 0);
     str(0);
-    pos = writeUint(buf, pos, 3, ev.system.eta_ms);
+    pos = writeUint(buf, pos, 3, hint(ev.system.eta_ms));
   } else if ("done" in ev) {
     str(0);
     pos = writeUsage(buf, pos, 2, ev.done.usage);
@@ -204,7 +214,7 @@ function encodeOther(ev: Exclude<GenerateEventPb, { chunk: unknown }>): Buffer {
   } else {
     pos = writeUint(buf, pos, 1, ev.error.code);
     str(0);
-    pos = writeUint(buf, pos, 3, ev.error.retry_after_ms);
+    pos = writeUint(buf, pos, 3, hint(ev.error.retry_after_ms));
     pos = writeUsage(buf, pos, 4, ev.error.usage);
   }
   return buf;

@@ -148,3 +148,37 @@ Deno.test("encodeEventMessage refuses a token id or count that is not a uint32",
     /prompt_tokens must be a uint32/,
   );
 });
+
+Deno.test("encodeEventMessage rounds and clamps hints (ETA, retry delay) rather than failing the event", () => {
+  const back = (ev: GenerateEventPb) =>
+    decoded(encodeEventMessage(ev).subarray(GRPC_PREFIX_BYTES)) as Record<
+      string,
+      Record<string, number>
+    >;
+  equal(
+    back({
+      request_id: "r",
+      error: {
+        code: 14,
+        message: "m",
+        retry_after_ms: 1234.6,
+        usage: { prompt_tokens: 0, completion_tokens: 0 },
+      },
+    }).error.retry_after_ms,
+    1235,
+  );
+  equal(
+    back({
+      request_id: "r",
+      system: { kind: "RELOADING", text: "t", eta_ms: 2 ** 40 },
+    }).system.eta_ms,
+    2 ** 32 - 1,
+  );
+  equal(
+    back({
+      request_id: "r",
+      system: { kind: "RELOADING", text: "t", eta_ms: -5 },
+    }).system.eta_ms,
+    0,
+  );
+});
