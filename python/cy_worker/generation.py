@@ -127,9 +127,14 @@ class Generation:
                 ) from None
             if type(text) is not str:
                 raise TypeError(f"chunk text must be str, not {type(text).__name__}")
-            ids_json, count = _token_ids_json(ids)
-            if count == 0 and not text:
-                continue
+            # One token per chunk is the usual case: encode it inline.
+            if type(ids) is tuple and len(ids) == 1 and type(ids[0]) is int and 0 <= ids[0] <= MAX_TOKEN_ID:
+                ids_json = "[" + str(ids[0]) + "]"
+                count = 1
+            else:
+                ids_json, count = _token_ids_json(ids)
+                if count == 0 and not text:
+                    continue
 
             tail = "}"
             if first:
