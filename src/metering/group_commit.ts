@@ -76,6 +76,12 @@ export class GroupCommitWriter {
   #failing = false;
   #probe: TimerId | null = null;
   #closed = false;
+  /**
+   * Generations with a checkpoint queued or committed: only their final
+   * record needs to delete one. Most generations end before their first
+   * checkpoint, and a delete costs as much as half a write.
+   */
+  #checkpointed = new Set<string>();
 
   constructor(kv: Deno.Kv, options: WriterOptions) {
     this.#kv = kv;
@@ -115,7 +121,9 @@ export class GroupCommitWriter {
         );
         return;
       }
-      const mutations = kind === "final" ? 2 : 1;
+      const id = record.id;
+      if (kind === "inflight") this.#checkpointed.add(id);
+      const mutations = kind === "final" && this.#checkpointed.has(id) ? 2 : 1;
       this.#waiting.push({ kind, record, bytes, mutations, resolve, reject });
       // The loop starts with a write waiting, so it always reaches an
       // await (a commit) before it returns: #committing stays true until
@@ -186,7 +194,7 @@ export class GroupCommitWriter {
     for (const w of batch) {
       if (w.kind === "final") {
         op.set([...PENDING, w.record.id], w.record);
-        op.delete([...INFLIGHT, w.record.id]);
+        if (w.mutations === 2) op.delete([...INFLIGHT, w.record.id]);
         finals++;
       } else {
         op.set([...INFLIGHT, w.record.id], w.record);
@@ -194,6 +202,9 @@ export class GroupCommitWriter {
     }
     const res = await op.commit();
     if (!res.ok) throw new Error("usage queue commit was not applied");
+    for (const w of batch) {
+      if (w.kind === "final") this.#checkpointed.delete(w.record.id);
+    }
     this.#o.onCommitted(finals);
     this.#recoveredFromFailing();
   }
@@ -218,7 +229,9 @@ export class GroupCommitWriter {
             this.#markFailing();
             // Best effort: a checkpoint left behind would be billed again
             // at the next start, beside the record logged for hand billing.
-            await this.#kv.delete([...INFLIGHT, w.record.id]).catch(() => {});
+            if (this.#checkpointed.delete(w.record.id)) {
+              await this.#kv.delete([...INFLIGHT, w.record.id]).catch(() => {});
+            }
           }
           w.reject(err);
         }

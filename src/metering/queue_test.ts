@@ -45,9 +45,29 @@ Deno.test("appends that arrive while a commit runs are committed together in the
     spy.restore();
   }
   // The first append starts a commit alone; the other 49 arrived while it
-  // ran and share one commit (each record: a set and a checkpoint delete).
-  deepStrictEqual(spy.commits, [2, 98]);
+  // ran and share one commit (each record one set: none had a checkpoint).
+  deepStrictEqual(spy.commits, [1, 49]);
   equal(queue.depth, 50);
+  await queue.close();
+});
+
+Deno.test("a final record deletes its generation's checkpoint in the same commit, and only a checkpointed one does", async () => {
+  const queue = await UsageQueue.open(await tempDbPath());
+  const a = testRecord();
+  const b = testRecord();
+  equal(await queue.checkpoint([{ ...a, finish_reason: "interrupted" }]), 0);
+  deepStrictEqual((await queue.inflight()).map((r) => r.id), [a.id]);
+
+  const spy = spyOnCommits();
+  try {
+    await queue.append(a);
+    await queue.append(b);
+  } finally {
+    spy.restore();
+  }
+  deepStrictEqual(spy.commits, [2, 1], "a: set and delete; b: set alone");
+  deepStrictEqual(await queue.inflight(), []);
+  equal(queue.depth, 2);
   await queue.close();
 });
 
@@ -95,7 +115,7 @@ Deno.test("when a group commit fails, its records are retried one by one and all
   deepStrictEqual(results.filter((r) => r.status === "rejected"), []);
   equal(queue.depth, 48);
   // One alone, one failed group of 47, then 47 alone.
-  deepStrictEqual(spy.commits, [2, 94, ...Array(47).fill(2)]);
+  deepStrictEqual(spy.commits, [1, 47, ...Array(47).fill(1)]);
   ok(!queue.failing);
   await queue.close();
 });
