@@ -21,7 +21,7 @@ export interface LiveGeneration {
   partialUsage(): PartialUsage | null;
 }
 
-/** The generations in flight (`LiveCount` in src/gateway/generation.ts). */
+/** The generations in flight (`LiveCount` in src/gateway/live_count.ts). */
 export interface LiveGenerations {
   generations(): Iterable<LiveGeneration>;
 }

@@ -5,10 +5,14 @@
  * - A write resolves only once it is committed. Writes that arrive while a
  *   commit is running are committed together in the next one, so
  *   durability costs one commit per burst rather than one per generation.
- * - A group is sized in bytes, mutations and key bytes against Deno KV's
- *   limits (kv_limits.ts). If its commit fails anyway, its writes are
- *   retried one by one, in rounds with pauses, so one bad record cannot
- *   fail the others.
+ * - The final records of a commit are written as one value, a chunk
+ *   (chunk.ts), split in several only where one value would exceed Deno
+ *   KV's limit; each chunk's key is checked to be free, so that a chunk
+ *   never replaces another.
+ * - A group is sized in bytes, checks, mutations and key bytes against
+ *   Deno KV's limits (kv_limits.ts). If its commit fails anyway, its writes
+ *   are retried one by one (a final record alone is a chunk of one), in
+ *   rounds with pauses, so one bad record cannot fail the others.
  * - A final record's commit deletes its generation's checkpoint in the
  *   same atomic operation.
  * - From the moment a final record could not be committed at all until the
@@ -20,8 +24,14 @@
  */
 
 import type { Clock, TimerId } from "../util/clock.ts";
-import { COMMIT_BUDGET, recordBytes } from "./kv_limits.ts";
-import { INFLIGHT, KEY_BYTES, PENDING, PROBE } from "./queue_keys.ts";
+import { chunkKey, ChunkPacker, chunkValue, packChunks } from "./chunk.ts";
+import {
+  AtomicBudget,
+  type AtomicCost,
+  chunkBytes,
+  recordBytes,
+} from "./kv_limits.ts";
+import { INFLIGHT, KEY_BYTES, PROBE } from "./queue_keys.ts";
 import type { UsageRecord } from "./record.ts";
 
 /**
@@ -60,8 +70,10 @@ export interface WriterOptions {
 interface Write {
   kind: WriteKind;
   record: UsageRecord;
+  /** The record's {@link recordBytes}. */
   bytes: number;
-  mutations: number;
+  /** A final record whose generation has a checkpoint to delete. */
+  deletesCheckpoint: boolean;
   resolve: () => void;
   reject: (err: unknown) => void;
 }
@@ -111,20 +123,29 @@ export class GroupCommitWriter {
         reject(new Error("Cannot write usage: the usage queue is closed"));
         return;
       }
-      const bytes = recordBytes(record) + 2 * KEY_BYTES;
-      if (bytes > this.#o.maxRecordBytes) {
+      const bytes = recordBytes(record);
+      if (bytes + 2 * KEY_BYTES > this.#o.maxRecordBytes) {
         if (kind === "final") this.#markFailing();
         reject(
           new RangeError(
-            `Cannot store usage record ${record.id}: about ${bytes} bytes, over the ${this.#o.maxRecordBytes} a record may take`,
+            `Cannot store usage record ${record.id}: about ${
+              bytes + 2 * KEY_BYTES
+            } bytes, over the ${this.#o.maxRecordBytes} a record may take`,
           ),
         );
         return;
       }
       const id = record.id;
       if (kind === "inflight") this.#checkpointed.add(id);
-      const mutations = kind === "final" && this.#checkpointed.has(id) ? 2 : 1;
-      this.#waiting.push({ kind, record, bytes, mutations, resolve, reject });
+      const deletesCheckpoint = kind === "final" && this.#checkpointed.has(id);
+      this.#waiting.push({
+        kind,
+        record,
+        bytes,
+        deletesCheckpoint,
+        resolve,
+        reject,
+      });
       // The loop starts with a write waiting, so it always reaches an
       // await (a commit) before it returns: #committing stays true until
       // the waiting list is empty.
@@ -159,19 +180,17 @@ export class GroupCommitWriter {
 
   /** The oldest writes that fit one commit, checkpoints superseded dropped. */
   #takeBatch(): Write[] {
+    const budget = new AtomicBudget({ bytes: this.#o.commitBudgetBytes });
+    // Final records fill chunks in this order, as #commit will pack them.
+    const packer = new ChunkPacker();
     let n = 0;
-    let bytes = 0;
-    let mutations = 0;
-    let keys = 0;
     while (n < this.#waiting.length) {
       const w = this.#waiting[n];
-      const fits = bytes + w.bytes <= this.#o.commitBudgetBytes &&
-        mutations + w.mutations <= COMMIT_BUDGET.mutations &&
-        keys + w.mutations * KEY_BYTES <= COMMIT_BUDGET.keyBytes;
-      if (n > 0 && !fits) break;
-      bytes += w.bytes;
-      mutations += w.mutations;
-      keys += w.mutations * KEY_BYTES;
+      const starts = w.kind === "final" && packer.startsChunk(w.bytes);
+      const cost = writeCost(w, starts);
+      if (n > 0 && !budget.fits(cost)) break;
+      budget.add(cost);
+      if (w.kind === "final") packer.add(w.bytes);
       n++;
     }
     const batch = this.#waiting.splice(0, n);
@@ -190,22 +209,28 @@ export class GroupCommitWriter {
 
   async #commit(batch: Write[]): Promise<void> {
     const op = this.#kv.atomic();
-    let finals = 0;
+    const finals: Write[] = [];
     for (const w of batch) {
       if (w.kind === "final") {
-        op.set([...PENDING, w.record.id], w.record);
-        if (w.mutations === 2) op.delete([...INFLIGHT, w.record.id]);
-        finals++;
+        finals.push(w);
+        if (w.deletesCheckpoint) op.delete([...INFLIGHT, w.record.id]);
       } else {
         op.set([...INFLIGHT, w.record.id], w.record);
       }
     }
-    const res = await op.commit();
-    if (!res.ok) throw new Error("usage queue commit was not applied");
-    for (const w of batch) {
-      if (w.kind === "final") this.#checkpointed.delete(w.record.id);
+    for (const run of packChunks(finals, (w) => w.bytes)) {
+      const records = run.map((w) => w.record);
+      const key = chunkKey(records);
+      op.check({ key, versionstamp: null }).set(key, chunkValue(records));
     }
-    this.#o.onCommitted(finals);
+    const res = await op.commit();
+    if (!res.ok) {
+      throw new Error(
+        "usage queue commit was not applied: a chunk's key is taken",
+      );
+    }
+    for (const w of finals) this.#checkpointed.delete(w.record.id);
+    this.#o.onCommitted(finals.length);
     this.#recoveredFromFailing();
   }
 
@@ -274,4 +299,29 @@ export class GroupCommitWriter {
       }
     }, this.#o.probeIntervalMs);
   }
+}
+
+/**
+ * What a write adds to its commit: a checkpoint is one set; a final record
+ * is bytes of its chunk, a checkpoint's delete when it has one, and, when
+ * it starts a chunk, that chunk's set and the check that its key is free.
+ */
+function writeCost(w: Write, startsChunk: boolean): AtomicCost {
+  if (w.kind === "inflight") {
+    return {
+      checks: 0,
+      mutations: 1,
+      keyBytes: KEY_BYTES,
+      bytes: w.bytes + KEY_BYTES,
+    };
+  }
+  const del = w.deletesCheckpoint ? 1 : 0;
+  const chunk = startsChunk ? 1 : 0;
+  return {
+    checks: chunk,
+    mutations: del + chunk,
+    keyBytes: (del + 2 * chunk) * KEY_BYTES,
+    bytes: w.bytes + (del + 2 * chunk) * KEY_BYTES +
+      (startsChunk ? chunkBytes(0) : 0),
+  };
 }

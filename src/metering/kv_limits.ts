@@ -1,6 +1,7 @@
 /**
- * Deno KV's limits on one atomic operation, and a conservative estimate of
- * how much of them a usage record takes.
+ * Deno KV's limits on one atomic operation, a conservative estimate of how
+ * much of them a usage record (or a chunk of records) takes, and a budget
+ * that adds up what an operation being built takes.
  *
  * Deno KV refuses an atomic operation with more than 100 checks, more than
  * 1000 mutations, more than 81,920 bytes of keys, or more than 819,200 bytes
@@ -39,19 +40,26 @@ export const COMMIT_BUDGET = {
 } as const;
 
 /**
- * Most deletes of whole records (by key) in one commit, for acknowledged
- * and drained records: far inside Deno KV's 1000 mutations and 80 KiB of
- * keys, for the queue's keys of about 60 bytes.
- */
-export const DELETES_PER_COMMIT = 300;
-
-/**
  * The largest record, by {@link recordBytes}, the queue accepts. Below
  * Deno KV's 64 KiB per value with room for the estimate's slack; gateway
  * validation keeps every valid request's record far below it
  * (docs/gateway-api.md, `billing_labels`).
  */
 export const MAX_RECORD_BYTES = 60 * 1024;
+
+/**
+ * The largest chunk of pending records (chunk.ts), by {@link chunkBytes}:
+ * the same 4 KiB of slack under Deno KV's 64 KiB per value as a record.
+ * A record the queue accepts always fits a chunk alone, since
+ * {@link MAX_RECORD_BYTES} counts two keys on top of the record. Larger
+ * chunks would save little: at a few hundred bytes per record, a chunk of
+ * 60 KiB already holds about a hundred.
+ */
+export const CHUNK_BYTES = MAX_RECORD_BYTES;
+
+// A chunk's own framing ({ v: 1, records: [...] }) takes a header, two
+// field names, a number and an array's length: far under this.
+const CHUNK_FRAME_BYTES = 64;
 
 // V8 spends at most a tag, a length and an alignment byte on each string
 // and number where JSON spends quotes, a colon and a comma; this covers the
@@ -78,4 +86,63 @@ export function keyBytes(key: readonly (string | number)[]): number {
       : 2 + utf8Length(part) + part.split("\0").length - 1;
   }
   return n;
+}
+
+/**
+ * A conservative estimate of the bytes Deno KV counts for a chunk whose
+ * records' {@link recordBytes} add up to `recordsBytes`.
+ */
+export function chunkBytes(recordsBytes: number): number {
+  return CHUNK_FRAME_BYTES + recordsBytes;
+}
+
+/** What one atomic operation takes of Deno KV's limits. */
+export interface AtomicCost {
+  checks: number;
+  mutations: number;
+  /** Bytes of the keys checked and written. */
+  keyBytes: number;
+  /** Bytes of the keys and values, by the estimates above. */
+  bytes: number;
+}
+
+/**
+ * Adds up the cost of an atomic operation being built, against
+ * {@link COMMIT_BUDGET} (and Deno KV's 100 checks, which are counted
+ * exactly) unless other limits are given.
+ */
+export class AtomicBudget {
+  #limits: AtomicCost;
+  #used: AtomicCost = { checks: 0, mutations: 0, keyBytes: 0, bytes: 0 };
+
+  constructor(limits: Partial<AtomicCost> = {}) {
+    this.#limits = {
+      checks: KV_LIMITS.checksPerAtomic,
+      ...COMMIT_BUDGET,
+      ...limits,
+    };
+  }
+
+  /** True when nothing was added yet. */
+  get empty(): boolean {
+    return this.#used.checks === 0 && this.#used.mutations === 0;
+  }
+
+  /** Whether `cost` still fits beside what was added. */
+  fits(cost: AtomicCost): boolean {
+    const u = this.#used;
+    const l = this.#limits;
+    return u.checks + cost.checks <= l.checks &&
+      u.mutations + cost.mutations <= l.mutations &&
+      u.keyBytes + cost.keyBytes <= l.keyBytes &&
+      u.bytes + cost.bytes <= l.bytes;
+  }
+
+  /** Counts `cost` as taken. */
+  add(cost: AtomicCost): void {
+    this.#used.checks += cost.checks;
+    this.#used.mutations += cost.mutations;
+    this.#used.keyBytes += cost.keyBytes;
+    this.#used.bytes += cost.bytes;
+  }
 }

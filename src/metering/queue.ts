@@ -2,7 +2,9 @@
  * The durable usage queue, in a Deno KV database (SQLite underneath).
  *
  * - `append()` resolves only once the record is committed, in group
- *   commits sized against Deno KV's limits (group_commit.ts).
+ *   commits sized against Deno KV's limits (group_commit.ts). A group
+ *   commit stores its records as one value, a chunk (chunk.ts), or as few
+ *   as Deno KV's limit per value allows.
  * - `checkpoint()` writes the usage of generations still in flight under a
  *   prefix of its own; a record's commit deletes its generation's
  *   checkpoint in the same atomic operation. Checkpoints left by a process
@@ -11,7 +13,11 @@
  * - Records stay until `ack()` (the billing service took them),
  *   `setAside()` (the billing service refused them for good) or `drain()`
  *   (an operator exported them, queue_tools.ts); nothing else removes a
- *   record.
+ *   record. Removing part of a chunk rewrites it with the rest
+ *   (chunk_removal.ts).
+ * - Records are listed chunk by chunk, chunks by their oldest record and
+ *   the records of a chunk in id order: oldest first, but a record may
+ *   follow some of a younger generation committed before it.
  *
  * Keys and stored values: queue_keys.ts.
  *
@@ -24,21 +30,14 @@ import {
   PROBE_INTERVAL_MS,
   RETRY_DELAYS_MS,
 } from "./group_commit.ts";
-import {
-  COMMIT_BUDGET,
-  DELETES_PER_COMMIT,
-  MAX_RECORD_BYTES,
-} from "./kv_limits.ts";
-import {
-  ASIDE,
-  type AsideEntry,
-  count,
-  type DumpEntry,
-  PENDING,
-} from "./queue_keys.ts";
+import { ChunkIndex, countRecords } from "./chunk.ts";
+import { removeRecords } from "./chunk_removal.ts";
+import { COMMIT_BUDGET, MAX_RECORD_BYTES } from "./kv_limits.ts";
+import { ASIDE, type AsideEntry, count, type DumpEntry } from "./queue_keys.ts";
+import { oldestRecordMs, readOldest } from "./pending_read.ts";
 import { drainPending, dumpEntries, listInflight } from "./queue_tools.ts";
 import { recoverCheckpoints } from "./recovery.ts";
-import { type UsageRecord, uuidv7Time } from "./record.ts";
+import type { UsageRecord } from "./record.ts";
 
 export type { AsideEntry, DumpEntry } from "./queue_keys.ts";
 
@@ -73,6 +72,11 @@ export class UsageQueue {
   // Bumped on every change to #depth, so a count taken by listing the
   // database is only trusted when nothing changed while it was taken.
   #version = 0;
+  // The chunks the last peek read, so that acknowledging what it returned
+  // rewrites or deletes them without reading them again.
+  #index = new ChunkIndex();
+  // Records per chunk in the last peek, to read about as many as needed.
+  #perChunk = 0;
 
   private constructor(kv: Deno.Kv, options: QueueOptions) {
     this.#kv = kv;
@@ -117,7 +121,7 @@ export class UsageQueue {
         queue.#recovered = r.recovered;
         queue.#unrecovered = r.left;
       }
-      queue.#depth = await count(kv, PENDING);
+      queue.#depth = await countRecords(kv);
       queue.#asideCount = await count(kv, ASIDE);
     } catch (err) {
       kv.close();
@@ -183,29 +187,33 @@ export class UsageQueue {
     return results.filter((r) => r.status === "rejected").length;
   }
 
-  /** Up to `limit` oldest pending records. */
+  /**
+   * Up to `limit` oldest pending records, in the queue's order (module
+   * doc), across as many chunks as it takes.
+   *
+   * @throws {SyntaxError} (rejects) when a stored value is neither a chunk
+   *   nor a record (chunk.ts).
+   */
   async peek(limit: number): Promise<UsageRecord[]> {
     const before = this.#writer.idle ? this.#version : -1;
-    const out: UsageRecord[] = [];
-    for await (
-      const e of this.#kv.list<UsageRecord>({ prefix: [...PENDING] }, { limit })
-    ) {
-      out.push(e.value);
-    }
+    this.#index.clear();
+    const read = await readOldest(this.#kv, limit, this.#perChunk);
+    for (const chunk of read.chunks) this.#index.put(chunk);
+    if (read.chunks.length > 0) this.#perChunk = read.perChunk;
     // A short listing is the whole queue: it corrects the count when
     // another process (an operator's --drain-usage) removed records.
-    if (out.length < limit) this.#trustCount(before, out.length);
-    return out;
+    if (read.whole) this.#trustCount(before, read.records.length);
+    return read.records;
   }
 
   /**
    * Counts pending records in the database again (another process may
-   * have removed some); true when the count was taken and applied. Lists
-   * every pending key: its cost grows with the queue.
+   * have removed some); true when the count was taken and applied. Reads
+   * every pending chunk: its cost grows with the queue.
    */
   async recount(): Promise<boolean> {
     const before = this.#writer.idle ? this.#version : -1;
-    const n = await count(this.#kv, PENDING);
+    const n = await countRecords(this.#kv);
     return this.#trustCount(before, n);
   }
 
@@ -222,28 +230,31 @@ export class UsageQueue {
     this.#version++;
   }
 
-  /** Creation time (Unix ms) of the oldest pending record, or null. */
-  async oldestMs(): Promise<number | null> {
-    for await (
-      const e of this.#kv.list({ prefix: [...PENDING] }, { limit: 1 })
-    ) {
-      return uuidv7Time(String(e.key[2]));
-    }
-    return null;
+  /**
+   * Creation time (Unix ms) of the oldest pending record, or null
+   * (`oldestRecordMs` in pending_read.ts: a read of one chunk, unless the
+   * first chunk lost its oldest records to an ack).
+   */
+  oldestMs(): Promise<number | null> {
+    return oldestRecordMs(this.#kv);
   }
 
-  /** Removes records the billing service acknowledged. */
+  /**
+   * Removes records the billing service acknowledged: each chunk that
+   * holds some is deleted, or rewritten with the rest (chunk_removal.ts).
+   * Cheapest for records the last `peek` returned.
+   */
   async ack(ids: string[]): Promise<void> {
-    for (let i = 0; i < ids.length; i += DELETES_PER_COMMIT) {
-      const op = this.#kv.atomic();
-      const part = ids.slice(i, i + DELETES_PER_COMMIT);
-      for (const id of part) op.delete([...PENDING, id]);
-      await op.commit();
-      this.#changeDepth(-part.length);
-    }
+    await removeRecords(this.#kv, ids, this.#index, {
+      onRemoved: (n) => this.#changeDepth(-n),
+    });
   }
 
-  /** Moves a refused record aside, atomically. */
+  /**
+   * Moves a refused record aside: out of its chunk and into the set-aside
+   * entries, in one atomic operation. A record no longer pending (another
+   * process removed it) is left alone.
+   */
   async setAside(
     record: UsageRecord,
     status: number,
@@ -255,18 +266,20 @@ export class UsageQueue {
       reason: reason.slice(0, 1000),
       set_aside_at: new Date().toISOString(),
     };
-    await this.#kv.atomic()
-      .delete([...PENDING, record.id])
-      .set([...ASIDE, record.id], entry)
-      .commit();
-    this.#changeDepth(-1);
-    this.#asideCount++;
+    await removeRecords(this.#kv, [record.id], this.#index, {
+      aside: new Map([[record.id, entry]]),
+      onRemoved: (n) => {
+        this.#changeDepth(-n);
+        this.#asideCount += n;
+      },
+    });
   }
 
   /**
-   * Exports and removes every pending record, oldest first, in chunks
-   * (`drainPending` in queue_tools.ts): a record is removed only after
-   * `write` has resolved for its chunk. Returns how many were removed.
+   * Exports and removes every pending record, oldest first, in parts of
+   * `chunkRecords` (`drainPending` in queue_tools.ts): a record is removed
+   * only after `write` has resolved for its part. Returns how many were
+   * removed.
    */
   drain(
     write: (records: UsageRecord[]) => Promise<void>,

@@ -4,10 +4,12 @@
  * start-up recovery (recovery.ts), the operator tools (queue_tools.ts) and
  * the queue itself (queue.ts).
  *
- * Keys, each ending in the record's id (a UUIDv7, so listing a prefix
+ * Keys, each ending in a record's id (a UUIDv7, so listing a prefix
  * lists records by their generation's start):
  *
- * - `["usage", "pending", id]`: a record waiting for the billing service;
+ * - `["usage", "pending", id]`: a chunk of records waiting for the billing
+ *   service, `id` that of its first record (chunk.ts); a value written by
+ *   an earlier version may be one record alone;
  * - `["usage", "aside", id]`: a record the billing service refused
  *   ({@link AsideEntry});
  * - `["usage", "inflight", id]`: the checkpoint of a generation in flight;
@@ -29,7 +31,8 @@ export const INFLIGHT = ["usage", "inflight"] as const;
 export const PROBE = ["usage", "probe"] as const;
 
 /**
- * A typical key of each kind, for the commit budgets (ids are 36 bytes),
+ * A typical key of each kind (a chunk's included), for the commit budgets
+ * (ids are 36 bytes),
  * with a few bytes of margin.
  */
 export const KEY_BYTES = keyBytes([...PENDING, "0".repeat(36)]) + 8;

@@ -1,9 +1,11 @@
 import { deepStrictEqual, equal, ok, rejects } from "node:assert/strict";
 import { FakeClock } from "../util/clock.ts";
 import { UsageQueue } from "./queue.ts";
+import type { UsageRecord } from "./record.ts";
 import {
   heavyLabels,
   runTimers,
+  storedPending,
   tempDbPath,
   testRecord,
 } from "./test_support.ts";
@@ -34,21 +36,31 @@ function spyOnCommits() {
   };
 }
 
-Deno.test("appends that arrive while a commit runs are committed together in the next one", async () => {
-  const queue = await UsageQueue.open(await tempDbPath());
+Deno.test("appends that arrive while a commit runs are committed together in the next one, as one chunk", async () => {
+  const path = await tempDbPath();
+  const queue = await UsageQueue.open(path);
+  const records = Array.from({ length: 50 }, () => testRecord());
   const spy = spyOnCommits();
   try {
-    await Promise.all(
-      Array.from({ length: 50 }, () => queue.append(testRecord())),
-    );
+    await Promise.all(records.map((r) => queue.append(r)));
   } finally {
     spy.restore();
   }
   // The first append starts a commit alone; the other 49 arrived while it
-  // ran and share one commit (each record one set: none had a checkpoint).
-  deepStrictEqual(spy.commits, [1, 49]);
+  // ran and share one commit, one set of one value (none had a checkpoint).
+  deepStrictEqual(spy.commits, [1, 1]);
   equal(queue.depth, 50);
   await queue.close();
+
+  // Each chunk is keyed by its oldest record and holds its records in id
+  // order.
+  const stored = await storedPending(path);
+  const ids = (rs: UsageRecord[]) => rs.map((r) => r.id);
+  const rest = ids(records.slice(1)).sort();
+  deepStrictEqual(
+    stored.map((e) => [e.id, ids(e.value.records)]).sort(),
+    [[records[0].id, [records[0].id]], [rest[0], rest]].sort(),
+  );
 });
 
 Deno.test("a final record deletes its generation's checkpoint in the same commit, and only a checkpointed one does", async () => {

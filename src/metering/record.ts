@@ -120,10 +120,10 @@ const HEX = Array.from(
 /**
  * A UUID version 7 (RFC 9562): 48 bits of Unix milliseconds, then random
  * bits. A record's id is made when its generation starts, so the queue,
- * which lists records in id order, holds them in order of their
- * generations' start (to the millisecond), not of their commits: a long
- * generation's record sorts before those of shorter generations that
- * started after it, even when they were committed first.
+ * which lists records by id (chunk by chunk, queue.ts), holds them in
+ * order of their generations' start (to the millisecond), not of their
+ * commits: a long generation's record sorts before those of shorter
+ * generations that started after it, even when they were committed first.
  */
 export function uuidv7(unixMs: number = Date.now()): string {
   const b = crypto.getRandomValues(new Uint8Array(16));

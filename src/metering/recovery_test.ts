@@ -8,27 +8,28 @@ import { tempDbPath, testRecord } from "./test_support.ts";
 
 /**
  * Watches atomic operations while installed: the checks each commit
- * carried, and `throwIf` makes a commit throw as Deno KV does over a limit.
+ * carried, and `throwIf` (given the keys each deletes) makes a commit
+ * throw as Deno KV does over a limit.
  */
 function spyOnAtomics(
-  throwIf: (setKeys: Deno.KvKey[]) => boolean = () => false,
+  throwIf: (deletedKeys: Deno.KvKey[]) => boolean = () => false,
 ) {
   const proto = Deno.AtomicOperation.prototype;
-  const { check, set, commit } = proto;
+  const { check, delete: del, commit } = proto;
   const checks = new WeakMap<Deno.AtomicOperation, number>();
-  const sets = new WeakMap<Deno.AtomicOperation, Deno.KvKey[]>();
+  const deletes = new WeakMap<Deno.AtomicOperation, Deno.KvKey[]>();
   const commits: number[] = [];
   proto.check = function (this: Deno.AtomicOperation, ...args) {
     checks.set(this, (checks.get(this) ?? 0) + args.length);
     return check.apply(this, args);
   };
-  proto.set = function (this: Deno.AtomicOperation, ...args) {
-    sets.set(this, [...(sets.get(this) ?? []), args[0]]);
-    return set.apply(this, args);
+  proto.delete = function (this: Deno.AtomicOperation, ...args) {
+    deletes.set(this, [...(deletes.get(this) ?? []), args[0]]);
+    return del.apply(this, args);
   };
   proto.commit = function (this: Deno.AtomicOperation) {
     commits.push(checks.get(this) ?? 0);
-    if (throwIf(sets.get(this) ?? [])) {
+    if (throwIf(deletes.get(this) ?? [])) {
       return Promise.reject(new TypeError("Too many checks (max 100)"));
     }
     return commit.apply(this);
@@ -36,7 +37,7 @@ function spyOnAtomics(
   return {
     commits,
     restore() {
-      Object.assign(proto, { check, set, commit });
+      Object.assign(proto, { check, delete: del, commit });
     },
   };
 }
@@ -113,8 +114,11 @@ Deno.test("a recovery commit that throws is retried one by one; a checkpoint tha
   const { path, records } = await crashedWith(50);
   const bad = records[7].id;
 
-  // Any operation that moves `bad` throws, alone or not.
-  const spy = spyOnAtomics((keys) => keys.some((k) => k[2] === bad));
+  // Any operation that moves `bad` (deletes its checkpoint) throws, alone
+  // or not.
+  const spy = spyOnAtomics((keys) =>
+    keys.some((k) => k[1] === INFLIGHT[1] && k[2] === bad)
+  );
   let queue: UsageQueue;
   try {
     queue = await UsageQueue.open(path);

@@ -7,6 +7,8 @@
  */
 
 import type { FakeClock } from "../util/clock.ts";
+import type { UsageChunk } from "./chunk.ts";
+import { PENDING } from "./queue_keys.ts";
 import { USAGE_SCHEMA, type UsageRecord, uuidv7 } from "./record.ts";
 
 /** A usage record with plausible fields; `over` replaces any of them. */
@@ -49,6 +51,35 @@ export function heavyLabels(): Record<string, string> {
 export async function tempDbPath(): Promise<string> {
   const dir = await Deno.makeTempDir({ prefix: "cy-metering-" });
   return `${dir}/usage.kv`;
+}
+
+/** A value stored under the pending prefix, read directly. */
+export interface StoredPending {
+  /** The id part of its key. */
+  id: string;
+  versionstamp: string;
+  value: UsageChunk;
+}
+
+/**
+ * The values under the pending prefix of the database at `path`, in key
+ * order, read with a handle of their own (the queue may be open).
+ */
+export async function storedPending(path: string): Promise<StoredPending[]> {
+  const kv = await Deno.openKv(path);
+  try {
+    const out: StoredPending[] = [];
+    for await (const e of kv.list<UsageChunk>({ prefix: [...PENDING] })) {
+      out.push({
+        id: String(e.key[2]),
+        versionstamp: e.versionstamp,
+        value: e.value,
+      });
+    }
+    return out;
+  } finally {
+    kv.close();
+  }
 }
 
 /** Lets pending promise callbacks and I/O completions run. */
