@@ -44,17 +44,6 @@ const PERCENTILES = [
   { key: "p999_us", name: "p99.9" },
 ] as const;
 
-function refusalSpec(ctx: Context, streams: number): LoadSpec {
-  return {
-    streams,
-    durationS: ctx.durations.failFastS,
-    warmupS: ctx.durations.warmupS,
-    tokens: 1,
-    itlMs: 0,
-    requestLatency: true,
-  };
-}
-
 /** Requests that ended in the window, refused or not. */
 function ended(m: Measured): number {
   return m.load.requests_ok +
@@ -94,6 +83,38 @@ function check(ctx: Context, label: string, m: Measured): void {
   }
 }
 
+/** One refusal run: a load against a sidecar whose worker is down. */
+interface RefusalRun {
+  load: { label: string; streams: number };
+  grpcAddr: string;
+  /** The sidecar's process, whose CPU time the run measures. */
+  sidecarPid: number;
+}
+
+/**
+ * Keeps `run.load.streams` requests in flight back to back for the
+ * scenario's window, timing each to its final status, and checks that the
+ * run refused some.
+ */
+async function measureRefusals(
+  ctx: Context,
+  run: RefusalRun,
+): Promise<Measured> {
+  const spec: LoadSpec = {
+    streams: run.load.streams,
+    durationS: ctx.durations.failFastS,
+    warmupS: ctx.durations.warmupS,
+    tokens: 1,
+    itlMs: 0,
+    requestLatency: true,
+  };
+  const m = await runGrpc(ctx.env, run.grpcAddr, spec, {
+    sidecar: run.sidecarPid,
+  });
+  check(ctx, run.load.label, m);
+  return m;
+}
+
 /** Runs scenario 7. */
 export async function failFast(ctx: Context): Promise<void> {
   const { env, report } = ctx;
@@ -119,13 +140,11 @@ export async function failFast(ctx: Context): Promise<void> {
           throw new Error("the sidecar says it is ready with no worker");
         }
         for (const [i, load] of ABSENT.entries()) {
-          const m = await runGrpc(
-            env,
-            sc.grpcAddr,
-            refusalSpec(ctx, load.streams),
-            { sidecar: sc.proc.pid },
-          );
-          check(ctx, load.label, m);
+          const m = await measureRefusals(ctx, {
+            load,
+            grpcAddr: sc.grpcAddr,
+            sidecarPid: sc.proc.pid,
+          });
           byLoad[i].push(m);
           report.detail(NAME, { load: load.label, rep, run: m });
         }
@@ -157,13 +176,11 @@ export async function failFast(ctx: Context): Promise<void> {
       stack.sim.signal("SIGKILL");
       await stack.sim.exited;
       await sleep(AFTER_KILL_MS);
-      const m = await runGrpc(
-        env,
-        stack.grpcAddr,
-        refusalSpec(ctx, KILLED.streams),
-        { sidecar: stack.sidecar.pid },
-      );
-      check(ctx, KILLED.label, m);
+      const m = await measureRefusals(ctx, {
+        load: KILLED,
+        grpcAddr: stack.grpcAddr,
+        sidecarPid: stack.sidecar.pid,
+      });
       byLoad[LOADS.length - 1].push(m);
       report.detail(NAME, {
         load: KILLED.label,

@@ -1,28 +1,20 @@
 import { deepStrictEqual, equal, match, ok } from "node:assert/strict";
 import {
-  eventually,
   isError,
-  ready,
   Recorder,
   request,
-  setup,
+  withClient,
 } from "../../tests/helpers/worker_client.ts";
 
 // Generations on a connected worker: streaming, credit, admission and
 // shutdown. The connection's own life is in link_test.ts, reload holds in
 // holds_test.ts, deadlines in sweep_test.ts.
 
-Deno.test("client streams a worker's chunks and done to the sink", async () => {
-  const { worker, client, peer } = await setup();
-  try {
-    await peer.handshake();
-    await ready(client);
-    const sink = new Recorder();
-    ok(client.submit(request("a"), sink).ok);
-
-    const gen = await peer.expect("generate");
-    equal(gen.id, "a");
-    equal(gen.credit, 4);
+Deno.test("client streams a worker's chunks and done to the sink", () =>
+  withClient({}, async ({ client, peer, generating }) => {
+    const { sink, frame } = await generating("a");
+    equal(frame.id, "a");
+    equal(frame.credit, 4);
     await peer.send({ type: "chunk", id: "a", text: "Hel", token_ids: [1] });
     await peer.send({ type: "chunk", id: "a", text: "lo", token_ids: [2, 3] });
     await peer.send({
@@ -38,60 +30,37 @@ Deno.test("client streams a worker's chunks and done to the sink", async () => {
       ids: [2, 3],
     }]);
     equal(client.inFlight, 0);
-  } finally {
-    await client.stop();
-    worker.close();
-  }
-});
+  }));
 
-Deno.test("client grants credit in half-window batches as the gateway takes chunks", async () => {
-  const { worker, client, peer } = await setup();
-  try {
-    await peer.handshake();
-    await ready(client);
-    const sink = new Recorder();
-    const r = client.submit(request("a"), sink);
-    ok(r.ok);
-    await peer.expect("generate");
+Deno.test("client grants credit in half-window batches as the gateway takes chunks", () =>
+  withClient({}, async ({ peer, generating }) => {
+    const { handle } = await generating("a");
 
-    r.handle.grant(1);
-    r.handle.grant(1);
+    handle.grant(1);
+    handle.grant(1);
     const credit = await peer.expect("credit");
     deepStrictEqual(credit, { type: "credit", id: "a", chunks: 2 });
-  } finally {
-    await client.stop();
-    worker.close();
-  }
-});
+  }));
 
-Deno.test("a chunk sent without credit fails only that generation", async () => {
-  const { worker, client, peer } = await setup({ streamCreditChunks: 1 });
-  try {
-    await peer.handshake();
-    await ready(client);
-    const sink = new Recorder();
-    ok(client.submit(request("a"), sink).ok);
-    await peer.expect("generate");
+Deno.test("a chunk sent without credit fails only that generation", () =>
+  withClient({
+    streamCreditChunks: 1,
+  }, async ({ client, peer, generating }) => {
+    const { sink } = await generating("a");
     await peer.send({ type: "chunk", id: "a", text: "x", token_ids: [1] });
     await peer.send({ type: "chunk", id: "a", text: "y", token_ids: [2] });
 
-    const e = await sink.until(isError);
-    ok(isError(e));
-    equal(e.error.kind, "worker_protocol");
+    equal((await sink.failure()).kind, "worker_protocol");
     const cancel = await peer.expect("cancel");
     equal(cancel.reason, "protocol");
     equal(client.state.state, "ready");
-  } finally {
-    await client.stop();
-    worker.close();
-  }
-});
+  }));
 
-Deno.test("generations beyond max_concurrency wait for a slot, then a full queue is refused", async () => {
-  const { worker, client, peer } = await setup({ maxQueuedRequests: 1 });
-  try {
-    await peer.handshake({ max_concurrency: 1 });
-    await ready(client);
+Deno.test("generations beyond max_concurrency wait for a slot, then a full queue is refused", () =>
+  withClient({
+    maxQueuedRequests: 1,
+    welcome: { max_concurrency: 1 },
+  }, async ({ client, peer }) => {
     const first = new Recorder();
     const second = new Recorder();
     ok(client.submit(request("a"), first).ok);
@@ -111,56 +80,32 @@ Deno.test("generations beyond max_concurrency wait for a slot, then a full queue
     });
     const gen = await peer.expect("generate");
     equal(gen.id, "b");
-  } finally {
-    await client.stop();
-    worker.close();
-  }
-});
+  }));
 
-Deno.test("a request id already in flight is refused", async () => {
-  const { worker, client, peer } = await setup();
-  try {
-    await peer.handshake();
-    await ready(client);
+Deno.test("a request id already in flight is refused", () =>
+  withClient({}, ({ client }) => {
     ok(client.submit(request("a"), new Recorder()).ok);
     const again = client.submit(request("a"), new Recorder());
     ok(!again.ok);
     equal(again.error.kind, "duplicate_request");
-  } finally {
-    await client.stop();
-    worker.close();
-  }
-});
+  }));
 
-Deno.test("a request for another model fails with model_mismatch", async () => {
-  const { worker, client, peer } = await setup();
-  try {
-    await peer.handshake();
-    await ready(client);
+Deno.test("a request for another model fails with model_mismatch", () =>
+  withClient({}, async ({ client }) => {
     const sink = new Recorder();
     ok(client.submit(request("a", { modelId: "other" }), sink).ok);
-    const e = await sink.until(isError);
-    ok(isError(e));
-    equal(e.error.grpcCode, 9);
-  } finally {
-    await client.stop();
-    worker.close();
-  }
-});
+    equal((await sink.failure()).grpcCode, 9);
+  }));
 
-Deno.test("stop() cancels what runs on the worker with reason shutdown before closing, and fails it with a retry hint", async () => {
-  const { worker, client, peer } = await setup();
-  try {
-    await peer.handshake();
-    await ready(client);
+Deno.test("stop() cancels what runs on the worker with reason shutdown before closing, and fails it with a retry hint", () =>
+  withClient({}, async ({ client, peer, announceReload }) => {
     const sink = new Recorder();
     ok(client.submit(request("a"), sink).ok);
     const waiting = new Recorder();
     ok(client.submit(request("b"), new Recorder()).ok);
     await peer.expect("generate");
     await peer.expect("generate");
-    await peer.send({ type: "status", state: "reloading", eta_ms: 1000 });
-    await eventually("reloading", () => client.state.state === "reloading");
+    await announceReload({ eta_ms: 1000 });
     ok(client.submit(request("c"), waiting).ok);
 
     await client.stop();
@@ -179,18 +124,12 @@ Deno.test("stop() cancels what runs on the worker with reason shutdown before cl
       ok(e.error.retryAfterMs! > 0, "a retry pushback");
     }
     equal(client.state.state, "stopped");
-  } finally {
-    await client.stop();
-    worker.close();
-  }
-});
+  }));
 
-Deno.test("a generate larger than the worker's max_frame_bytes fails with INVALID_ARGUMENT naming the field and both sizes", async () => {
-  const { worker, client, peer } = await setup();
-  try {
-    await peer.handshake({ max_frame_bytes: 1024 });
-    await ready(client);
-
+Deno.test("a generate larger than the worker's max_frame_bytes fails with INVALID_ARGUMENT naming the field and both sizes", () =>
+  withClient({
+    welcome: { max_frame_bytes: 1024 },
+  }, async ({ client, peer }) => {
     const prompt = new Recorder();
     ok(client.submit(request("p", { prompt: "x".repeat(2000) }), prompt).ok);
     const chat = new Recorder();
@@ -222,8 +161,4 @@ Deno.test("a generate larger than the worker's max_frame_bytes fails with INVALI
     ok(client.submit(request("small"), ok2).ok);
     equal((await peer.expect("generate")).id, "small");
     ok(!peer.received.some((x) => x.type === "generate" && x.id !== "small"));
-  } finally {
-    await client.stop();
-    worker.close();
-  }
-});
+  }));

@@ -3,14 +3,17 @@ import { FakeClock } from "../util/clock.ts";
 import { WorkerClient } from "./client.ts";
 import type { WorkerState } from "./state.ts";
 import {
+  type ClientBedOptions,
   clientOptions,
   eventually,
+  expectProtocolError,
   ready,
   Recorder,
   recordingLogger,
   request,
-  setup,
+  withClient,
 } from "../../tests/helpers/worker_client.ts";
+import { welcomeFrame } from "../../tests/helpers/scripted_worker.ts";
 
 // Opening the connection and reconnecting: a worker that is not there,
 // one that never answers, one whose welcome breaks the protocol.
@@ -21,6 +24,30 @@ function disconnected(client: WorkerClient) {
   const s = client.state as WorkerState;
   if (s.state !== "disconnected") throw new Error(`state is ${s.state}`);
   return s;
+}
+
+/**
+ * A client on a fake clock whose test scripts the handshake, with a
+ * 1000 ms handshake timeout, keeping the connection errors it reports and
+ * the lines it logs.
+ */
+function scriptedHandshake(): {
+  clock: FakeClock;
+  kinds: string[];
+  lines: Record<string, unknown>[];
+  options: ClientBedOptions;
+} {
+  const clock = new FakeClock();
+  const kinds: string[] = [];
+  const { log, lines } = recordingLogger();
+  const options: ClientBedOptions = {
+    clock,
+    logger: log,
+    handshakeTimeoutMs: 1000,
+    onConnectionError: (kind) => kinds.push(kind),
+    welcome: false,
+  };
+  return { clock, kinds, lines, options };
 }
 
 Deno.test("a worker that is not there fails submissions at once with a retry hint", async () => {
@@ -48,26 +75,12 @@ Deno.test("a worker that is not there fails submissions at once with a retry hin
   }
 });
 
-Deno.test("a welcome that arrives just before the handshake timeout is taken", async () => {
-  const clock = new FakeClock();
-  const kinds: string[] = [];
-  const { worker, client, peer } = await setup({
-    clock,
-    handshakeTimeoutMs: 1000,
-    onConnectionError: (kind) => kinds.push(kind),
-  });
-  try {
+Deno.test("a welcome that arrives just before the handshake timeout is taken", () => {
+  const { clock, kinds, options } = scriptedHandshake();
+  return withClient(options, async ({ worker, client, peer }) => {
     await peer.expect("hello");
     clock.advance(999);
-    await peer.send({
-      type: "welcome",
-      version: 1,
-      worker: "scripted/1",
-      model_id: "scripted-1",
-      max_concurrency: 4,
-      max_frame_bytes: 1 << 20,
-      state: "ready",
-    });
+    await peer.send(welcomeFrame());
 
     await ready(client);
     // Past the timeout now: the handshake's timer is gone with it.
@@ -75,23 +88,12 @@ Deno.test("a welcome that arrives just before the handshake timeout is taken", a
     equal(client.state.state, "ready");
     deepStrictEqual(kinds, []);
     equal(worker.accepted, 1);
-  } finally {
-    await client.stop();
-    worker.close();
-  }
+  });
 });
 
-Deno.test("a worker that never answers hello fails the handshake at the timeout; the retry comes reconnect_delay later, once the worker let go of the first socket", async () => {
-  const clock = new FakeClock();
-  const kinds: string[] = [];
-  const { log, lines } = recordingLogger();
-  const { worker, client, peer } = await setup({
-    clock,
-    logger: log,
-    handshakeTimeoutMs: 1000,
-    onConnectionError: (kind) => kinds.push(kind),
-  });
-  try {
+Deno.test("a worker that never answers hello fails the handshake at the timeout; the retry comes reconnect_delay later, once the worker let go of the first socket", () => {
+  const { clock, kinds, lines, options } = scriptedHandshake();
+  return withClient(options, async ({ client, peer, reconnected }) => {
     await peer.expect("hello");
     clock.advance(1000);
     await eventually(
@@ -114,28 +116,17 @@ Deno.test("a worker that never answers hello fails the handshake at the timeout;
 
     // The worker closes its end, as one that comes back does: the attempt goes on.
     peer.close();
-    const second = await worker.peer(1);
-    await second.handshake();
-    await ready(client);
-  } finally {
-    await client.stop();
-    worker.close();
-  }
+    await reconnected(1);
+  });
 });
 
-Deno.test("while a worker that never answers holds the abandoned handshake, retries open no connection and requests fail at once; once it lets go, the link serves", async () => {
-  const clock = new FakeClock();
-  const kinds: string[] = [];
-  const { log, lines } = recordingLogger();
-  const { worker, client, peer } = await setup({
-    clock,
-    logger: log,
-    handshakeTimeoutMs: 1000,
+Deno.test("while a worker that never answers holds the abandoned handshake, retries open no connection and requests fail at once; once it lets go, the link serves", () => {
+  const { clock, kinds, lines, options } = scriptedHandshake();
+  return withClient({
+    ...options,
     reconnectDelayMs: 50,
     reconnectMaxDelayMs: 100,
-    onConnectionError: (kind) => kinds.push(kind),
-  });
-  try {
+  }, async ({ worker, client, peer, reconnected }) => {
     await peer.expect("hello");
     clock.advance(1000);
     await eventually("the handshake fails", () => kinds.length === 1);
@@ -159,46 +150,35 @@ Deno.test("while a worker that never answers holds the abandoned handshake, retr
     ok(refused.error.retryAfterMs! > 0);
 
     peer.close();
-    const second = await worker.peer(1);
-    await second.handshake();
-    await ready(client);
+    const second = await reconnected(1);
     equal(worker.accepted, 2);
     ok(client.submit(request("b"), new Recorder()).ok);
     equal((await second.expect("generate")).id, "b");
-  } finally {
-    await client.stop();
-    worker.close();
-  }
+  });
 });
 
-Deno.test("a worker that sends something else than welcome first is told why before the connection closes", async () => {
-  const { worker, client, peer } = await setup();
-  try {
+Deno.test("a worker that sends something else than welcome first is told why before the connection closes", () =>
+  withClient({ welcome: false }, async ({ peer }) => {
     await peer.expect("hello");
     await peer.send({ type: "pong", seq: 1 });
-    const err = await peer.expect("error");
-    equal(err.code, "protocol");
-    match(err.message, /expected "welcome" as the first frame, got "pong"/);
+    const err = await expectProtocolError(
+      peer,
+      /expected "welcome" as the first frame, got "pong"/,
+    );
     ok(!("id" in err));
     await peer.waitClosed();
-  } finally {
-    await client.stop();
-    worker.close();
-  }
-});
+  }));
 
-Deno.test("a welcome with an eta_ms over 32 bits fails the handshake as a protocol error the worker is told about", async () => {
+Deno.test("a welcome with an eta_ms over 32 bits fails the handshake as a protocol error the worker is told about", () => {
   const kinds: string[] = [];
-  const { worker, client, peer } = await setup({
+  return withClient({
     onConnectionError: (kind) => kinds.push(kind),
-  });
-  try {
+    welcome: false,
+  }, async ({ client, peer }) => {
     await peer.handshake({ state: "reloading", eta_ms: 2 ** 32 });
 
-    const err = await peer.expect("error");
-    equal(err.code, "protocol");
-    match(
-      err.message,
+    await expectProtocolError(
+      peer,
       /"eta_ms" must be an integer in 0\.\.4294967295, got 4294967296/,
     );
     await peer.waitClosed();
@@ -208,8 +188,5 @@ Deno.test("a welcome with an eta_ms over 32 bits fails the handshake as a protoc
     );
     deepStrictEqual(kinds, ["protocol"]);
     match(disconnected(client).lastError, /eta_ms/);
-  } finally {
-    await client.stop();
-    worker.close();
-  }
+  });
 });

@@ -3,28 +3,18 @@ import { FakeClock } from "../util/clock.ts";
 import {
   eventually,
   isError,
-  ready,
   Recorder,
   request,
-  setup,
+  withClient,
 } from "../../tests/helpers/worker_client.ts";
 import { Exchange } from "./exchange.ts";
 import { hold, type Reloading } from "./holds.ts";
 import { UINT32_MAX } from "./messages.ts";
 
-Deno.test("during a reload new generations are held, told the ETA, and resumed", async () => {
+Deno.test("during a reload new generations are held, told the ETA, and resumed", () => {
   const clock = new FakeClock();
-  const { worker, client, peer } = await setup({ clock });
-  try {
-    await peer.handshake();
-    await ready(client);
-    await peer.send({
-      type: "status",
-      state: "reloading",
-      eta_ms: 30000,
-      message: "loading",
-    });
-    await eventually("reloading", () => client.state.state === "reloading");
+  return withClient({ clock }, async ({ client, peer, announceReload }) => {
+    await announceReload({ eta_ms: 30000, message: "loading" });
 
     clock.advance(500);
     const sink = new Recorder();
@@ -40,19 +30,12 @@ Deno.test("during a reload new generations are held, told the ETA, and resumed",
     const gen = await peer.expect("generate");
     equal(gen.id, "a");
     await sink.until((e) => "system" in e && e.system === "resumed");
-  } finally {
-    await client.stop();
-    worker.close();
-  }
+  });
 });
 
-Deno.test("during a reload, requests beyond max_held_requests are refused at once with UNAVAILABLE and a pushback", async () => {
-  const { worker, client, peer } = await setup({ maxHeldRequests: 2 });
-  try {
-    await peer.handshake();
-    await ready(client);
-    await peer.send({ type: "status", state: "reloading", eta_ms: 30_000 });
-    await eventually("reloading", () => client.state.state === "reloading");
+Deno.test("during a reload, requests beyond max_held_requests are refused at once with UNAVAILABLE and a pushback", () =>
+  withClient({ maxHeldRequests: 2 }, async ({ client, announceReload }) => {
+    await announceReload({ eta_ms: 30_000 });
 
     ok(client.submit(request("a"), new Recorder()).ok);
     ok(client.submit(request("b"), new Recorder()).ok);
@@ -64,29 +47,22 @@ Deno.test("during a reload, requests beyond max_held_requests are refused at onc
     match(third.error.message, /2 requests are already held/);
     ok(third.error.retryAfterMs! > 0);
     equal(client.waiting, 2);
-  } finally {
-    await client.stop();
-    worker.close();
-  }
-});
+  }));
 
-Deno.test("a held request gives up max_hold after it was held, however often the worker re-announces its reload", async () => {
+Deno.test("a held request gives up max_hold after it was held, however often the worker re-announces its reload", () => {
   const clock = new FakeClock();
-  const { worker, client, peer } = await setup({
+  return withClient({
     clock,
     reloadGraceMs: 1000,
     maxHoldMs: 10_000,
-  });
-  const announce = async (at: number) => {
-    await peer.send({ type: "status", state: "reloading", eta_ms: 5000 });
-    await eventually(
-      `the reload announced at ${at}`,
-      () => client.state.state === "reloading" && client.state.since === at,
-    );
-  };
-  try {
-    await peer.handshake();
-    await ready(client);
+  }, async ({ client, peer }) => {
+    const announce = async (at: number) => {
+      await peer.send({ type: "status", state: "reloading", eta_ms: 5000 });
+      await eventually(
+        `the reload announced at ${at}`,
+        () => client.state.state === "reloading" && client.state.since === at,
+      );
+    };
     await announce(0);
     const first = new Recorder();
     ok(client.submit(request("a"), first).ok);
@@ -114,42 +90,35 @@ Deno.test("a held request gives up max_hold after it was held, however often the
     const b = second.events.find(isError);
     ok(b, "b failed once the announced ETA and grace passed");
     match(b.error.message, /taking longer than announced/);
-  } finally {
-    await client.stop();
-    worker.close();
-  }
+  });
 });
 
-Deno.test("a reload announced with the largest eta_ms holds requests and tells them that ETA", async () => {
+Deno.test("a reload announced with the largest eta_ms holds requests and tells them that ETA", () => {
   const clock = new FakeClock();
-  const { worker, client, peer } = await setup({ clock, maxHoldMs: 60_000 });
-  try {
-    await peer.handshake();
-    await ready(client);
-    await peer.send({ type: "status", state: "reloading", eta_ms: UINT32_MAX });
-    await eventually("reloading", () => client.state.state === "reloading");
+  return withClient(
+    { clock, maxHoldMs: 60_000 },
+    async ({ client, peer, announceReload }) => {
+      await announceReload({ eta_ms: UINT32_MAX });
 
-    const sink = new Recorder();
-    ok(client.submit(request("a"), sink).ok);
-    deepStrictEqual(sink.events, [{
-      system: "reloading",
-      text: `[System] Loading new model, ETA ${
-        Math.ceil(UINT32_MAX / 1000)
-      }s...`,
-      etaMs: UINT32_MAX,
-    }]);
-    equal(client.waiting, 1);
-    ok(!peer.closed);
+      const sink = new Recorder();
+      ok(client.submit(request("a"), sink).ok);
+      deepStrictEqual(sink.events, [{
+        system: "reloading",
+        text: `[System] Loading new model, ETA ${
+          Math.ceil(UINT32_MAX / 1000)
+        }s...`,
+        etaMs: UINT32_MAX,
+      }]);
+      equal(client.waiting, 1);
+      ok(!peer.closed);
 
-    // The hold is still capped by max_hold, however far the ETA.
-    clock.advance(60_250);
-    const e = await sink.until(isError, 0);
-    ok(isError(e), "the held request gave up at max_hold");
-    match(e.error.message, /after holding this request for 60s/);
-  } finally {
-    await client.stop();
-    worker.close();
-  }
+      // The hold is still capped by max_hold, however far the ETA: the held
+      // request gives up then.
+      clock.advance(60_250);
+      const e = await sink.failure(0);
+      match(e.message, /after holding this request for 60s/);
+    },
+  );
 });
 
 Deno.test("the ETA told to a held request is a whole number of ms within uint32, whatever the state says", () => {
@@ -183,19 +152,15 @@ Deno.test("the ETA told to a held request is a whole number of ms within uint32,
   }]);
 });
 
-Deno.test("a request refused because max_held_requests are held gets a whole-millisecond pushback from a fractional clock", async () => {
+Deno.test("a request refused because max_held_requests are held gets a whole-millisecond pushback from a fractional clock", () => {
   const clock = new FakeClock();
-  const { worker, client, peer } = await setup({
+  return withClient({
     clock,
     maxHeldRequests: 1,
     reloadGraceMs: 1000,
-  });
-  try {
-    await peer.handshake();
-    await ready(client);
+  }, async ({ client, announceReload }) => {
     clock.advance(0.4);
-    await peer.send({ type: "status", state: "reloading", eta_ms: 30_000 });
-    await eventually("reloading", () => client.state.state === "reloading");
+    await announceReload({ eta_ms: 30_000 });
     ok(client.submit(request("a"), new Recorder()).ok);
 
     clock.advance(0.3);
@@ -204,8 +169,5 @@ Deno.test("a request refused because max_held_requests are held gets a whole-mil
     ok(!refused.ok);
     // 31 s of hold minus 0.3 ms, rounded up: the pushback is a uint32.
     equal(refused.error.retryAfterMs, 31_000);
-  } finally {
-    await client.stop();
-    worker.close();
-  }
+  });
 });

@@ -3,50 +3,37 @@ import { FakeClock } from "../util/clock.ts";
 import {
   eventually,
   isError,
-  ready,
   Recorder,
   request,
-  setup,
+  withClient,
 } from "../../tests/helpers/worker_client.ts";
 
 // The sweep's deadlines, driven by a fake clock: idle generations, queue
 // timeouts, and cancelled generations the worker never ends.
 
-Deno.test("a generation the worker stops answering fails after the idle timeout", async () => {
+Deno.test("a generation the worker stops answering fails after the idle timeout", () => {
   const clock = new FakeClock();
-  const { worker, client, peer } = await setup({
+  return withClient({
     clock,
     requestIdleTimeoutMs: 5000,
-  });
-  try {
-    await peer.handshake();
-    await ready(client);
-    const sink = new Recorder();
-    ok(client.submit(request("a"), sink).ok);
-    await peer.expect("generate");
+  }, async ({ peer, generating }) => {
+    const { sink } = await generating("a");
 
     clock.advance(4000);
     equal(sink.events.length, 0);
     clock.advance(1500);
-    const e = await sink.until(isError);
-    ok(isError(e));
-    equal(e.error.kind, "worker_hung");
+    equal((await sink.failure()).kind, "worker_hung");
     equal((await peer.expect("cancel")).reason, "idle_timeout");
-  } finally {
-    await client.stop();
-    worker.close();
-  }
+  });
 });
 
-Deno.test("a request waiting for a slot fails with RESOURCE_EXHAUSTED and a pushback after queue_timeout", async () => {
+Deno.test("a request waiting for a slot fails with RESOURCE_EXHAUSTED and a pushback after queue_timeout", () => {
   const clock = new FakeClock();
-  const { worker, client, peer } = await setup({
+  return withClient({
     clock,
     queueTimeoutMs: 2000,
-  });
-  try {
-    await peer.handshake({ max_concurrency: 1 });
-    await ready(client);
+    welcome: { max_concurrency: 1 },
+  }, async ({ client, peer }) => {
     ok(client.submit(request("a"), new Recorder()).ok);
     const queued = new Recorder();
     ok(client.submit(request("b"), queued).ok);
@@ -64,25 +51,17 @@ Deno.test("a request waiting for a slot fails with RESOURCE_EXHAUSTED and a push
     ok(e.error.retryAfterMs! > 0);
     match(e.error.message, /no worker slot became free within 2000 ms/);
     equal(client.waiting, 0);
-  } finally {
-    await client.stop();
-    worker.close();
-  }
+  });
 });
 
-Deno.test("late frames for a cancelled generation whose slot was freed are dropped, and its id is refused until the worker ends it", async () => {
+Deno.test("late frames for a cancelled generation whose slot was freed are dropped, and its id is refused until the worker ends it", () => {
   const clock = new FakeClock();
-  const { worker, client, peer } = await setup({
+  return withClient({
     clock,
     requestIdleTimeoutMs: 1000,
-  });
-  try {
-    await peer.handshake();
-    await ready(client);
-    const r = client.submit(request("a"), new Recorder());
-    ok(r.ok);
-    await peer.expect("generate");
-    r.handle.cancel("client_cancelled");
+  }, async ({ client, peer, generating }) => {
+    const { handle } = await generating("a");
+    handle.cancel("client_cancelled");
     await peer.expect("cancel");
     clock.advance(1250);
     equal(client.inFlight, 0, "the slot was freed");
@@ -106,8 +85,5 @@ Deno.test("late frames for a cancelled generation whose slot was freed are dropp
     equal(client.state.state, "ready");
     ok(!peer.closed);
     ok(!peer.received.some((m) => m.type === "error"));
-  } finally {
-    await client.stop();
-    worker.close();
-  }
+  });
 });

@@ -2,13 +2,8 @@ import { equal, ok } from "node:assert/strict";
 import { encodeEventMessage } from "../../src/gateway/event_codec.ts";
 import { HIGH_WATER_BYTES } from "../../src/gateway/stream_ledger.ts";
 import { BillingServer } from "../helpers/billing_server.ts";
-import {
-  metric,
-  startSidecar,
-  startSim,
-  tempDir,
-  waitUntil,
-} from "../helpers/harness.ts";
+import { metric, waitUntil } from "../helpers/harness.ts";
+import { startStack } from "../helpers/stack.ts";
 import { WireGateway, type WireStream } from "../helpers/wire_gateway.ts";
 
 // The worker's default per-generation credit (worker.stream_credit_chunks).
@@ -29,22 +24,10 @@ function request(id: string, prompt: string) {
 
 /** Simulator, billing server and sidecar. */
 async function bed(toml = "") {
-  const dir = await tempDir();
-  const sock = `${dir}/w.sock`;
   const billing = new BillingServer();
   billing.start();
-  const sim = await startSim(sock);
-  const sidecar = await startSidecar(
-    dir,
-    sock,
-    `[metering]
-billing_endpoint = "${billing.url}"
-batch_interval_secs = 0.1
-${toml}`,
-  );
-  return {
-    billing,
-    sidecar,
+  const t = await startStack({ toml, billing });
+  return Object.assign(t, {
     /** The usage record of `id`, once billing has it. */
     async record(id: string) {
       const all = await billing.waitFor((u) =>
@@ -52,21 +35,7 @@ ${toml}`,
       );
       return all.find((r) => r.request_id === id)!;
     },
-    /** The sidecar's own "generation ended" log line for `id`. */
-    async ended(id: string) {
-      return JSON.parse(
-        await sidecar.proc.waitFor(
-          new RegExp(`"msg":"generation ended".*"request_id":"${id}"`),
-          15_000,
-        ),
-      );
-    },
-    async close() {
-      await sidecar.proc.kill();
-      await sim.kill();
-      await billing.close();
-    },
-  };
+  });
 }
 
 /**
@@ -106,7 +75,7 @@ Deno.test("a gateway that stops reading is billed exactly the tokens it was sent
 
     // The worker was held back: the sidecar took only a bounded number of
     // tokens beyond what it could send, instead of the whole generation.
-    const end = await t.ended("stall-1");
+    const end = await t.sidecarEnd("stall-1");
     equal(end.completion_tokens, received);
     ok(
       end.undelivered_tokens <= heldBound(s),

@@ -1,16 +1,8 @@
 import { equal, ok } from "node:assert/strict";
 import * as grpc from "@grpc/grpc-js";
-import {
-  gateway,
-  generate,
-  metric,
-  req,
-  startSidecar,
-  startSim,
-  tempDir,
-  within,
-} from "../helpers/harness.ts";
+import { generate, metric, req, within } from "../helpers/harness.ts";
 import { SessionDriver } from "../helpers/session.ts";
+import { startStack } from "../helpers/stack.ts";
 
 const long = (n: number) => "x".repeat(n);
 const labels = (n: number) =>
@@ -119,22 +111,8 @@ function badRequest(i: number, overrides: Record<string, unknown>) {
 }
 
 /** A simulator logging every generation start, a sidecar, a client. */
-async function setup() {
-  const dir = await tempDir();
-  const sock = `${dir}/w.sock`;
-  const sim = await startSim(sock, ["--ttft-ms", "5", "--log-level", "debug"]);
-  const sidecar = await startSidecar(dir, sock);
-  const client = gateway(sidecar.grpcAddr);
-  return {
-    sim,
-    sidecar,
-    client,
-    async close() {
-      client.close();
-      await sidecar.proc.kill();
-      await sim.kill();
-    },
-  };
+function setup() {
+  return startStack({ simArgs: ["--ttft-ms", "5", "--log-level", "debug"] });
 }
 
 Deno.test("Generate refuses each invalid request with INVALID_ARGUMENT naming the field, before the worker sees it", async (t) => {
@@ -182,10 +160,8 @@ Deno.test("Session reports each invalid request as an INVALID_ARGUMENT error eve
       "request_id" in c.request ? String(c.request.request_id) : `bad-${i}`
     );
     CASES.forEach((c, i) => session.generate(badRequest(i, c.request)));
-    session.end();
-    await within("the session's end", session.closed());
 
-    equal(session.status?.code, grpc.status.OK);
+    equal((await session.finish())?.code, grpc.status.OK);
     equal(session.events.length, CASES.length);
     CASES.forEach((c, i) => {
       const ev = session.events.find((e) =>

@@ -2,20 +2,16 @@
 import { equal, ok } from "node:assert/strict";
 import * as grpc from "@grpc/grpc-js";
 import {
-  gateway,
   generate,
   metric,
   Proc,
   req,
-  startSidecar,
-  startSim,
-  tempDir,
   waitIdle,
   waitReady,
   within,
 } from "../helpers/harness.ts";
+import { startScriptedStack, startStack } from "../helpers/stack.ts";
 import { RawGatewayConnection } from "../helpers/raw_gateway.ts";
-import { ScriptedWorker } from "../helpers/scripted_worker.ts";
 import { SessionDriver } from "../helpers/session.ts";
 
 // Long enough that only a cancellation ends it: 100000 tokens, 10 ms apart.
@@ -27,36 +23,8 @@ function endless(id: string, extra: Record<string, unknown> = {}) {
 }
 
 /** A simulator (logging every generation's end) and a sidecar in front of it. */
-async function setup() {
-  const dir = await tempDir();
-  const sock = `${dir}/w.sock`;
-  const sim = await startSim(sock, ["--ttft-ms", "5", "--log-level", "debug"]);
-  const sidecar = await startSidecar(dir, sock);
-  const client = gateway(sidecar.grpcAddr);
-  return {
-    sim,
-    sidecar,
-    client,
-    /** Waits until the simulator logs that `id` ended as cancelled. */
-    workerCancelled: (id: string) =>
-      sim.waitFor(
-        new RegExp(`generation ended id=${id} outcome=cancelled$`),
-        15_000,
-      ),
-    /** The sidecar's own account of how `id` ended. */
-    sidecarEnd: async (id: string) =>
-      JSON.parse(
-        await sidecar.proc.waitFor(
-          new RegExp(`"msg":"generation ended".*"request_id":"${id}"`),
-          15_000,
-        ),
-      ),
-    async close() {
-      client.close();
-      await sidecar.proc.kill();
-      await sim.kill();
-    },
-  };
+function setup() {
+  return startStack({ simArgs: ["--ttft-ms", "5", "--log-level", "debug"] });
 }
 
 /** Starts Generate and resolves with the call once its first chunk is in. */
@@ -261,9 +229,7 @@ Deno.test("a Session generation past its timeout_ms ends with a DEADLINE_EXCEEDE
     await t.workerCancelled("timeout-1");
     await waitIdle(t.client);
 
-    session.end();
-    await within("session end", session.closed());
-    equal(session.status?.code, grpc.status.OK);
+    equal((await session.finish())?.code, grpc.status.OK);
   } finally {
     session.call.cancel();
     await t.close();
@@ -277,17 +243,12 @@ Deno.test("a cancel reaches the worker within one heartbeat interval, counted in
   // than one heartbeat interval holds must have gone out.
   const ITL_MS = 10;
   const HEARTBEAT_MS = 2000;
-  const worker = await ScriptedWorker.listen();
-  const dir = await tempDir();
-  const sidecar = await startSidecar(
-    dir,
-    worker.path,
+  const t = await startScriptedStack(
     `[health]\ncheck_interval_secs = ${HEARTBEAT_MS / 1000}\n` +
       "heartbeat_timeout_secs = 5\n[worker]\nstream_credit_chunks = 4096",
-    { waitReady: false },
   );
+  const { worker, sidecar, client } = t;
   worker.answerAll();
-  const client = gateway(sidecar.grpcAddr);
   try {
     await waitReady(sidecar);
     const peer = worker.live!;
@@ -338,8 +299,6 @@ Deno.test("a cancel reaches the worker within one heartbeat interval, counted in
     await waitIdle(client);
     equal(errors[0]?.code, grpc.status.CANCELLED);
   } finally {
-    client.close();
-    await sidecar.proc.kill();
-    worker.close();
+    await t.close();
   }
 });

@@ -2,16 +2,13 @@ import { deepStrictEqual, equal, ok } from "node:assert/strict";
 import * as grpc from "@grpc/grpc-js";
 import {
   type Collected,
-  gateway,
   generate,
   metric,
   req,
-  startSidecar,
-  startSim,
-  tempDir,
   waitIdle,
   within,
 } from "../helpers/harness.ts";
+import { startStack } from "../helpers/stack.ts";
 import { simTokenIds } from "../helpers/sim_reference.ts";
 
 /** Checks that `out` is one whole generation of `id`: its tokens, then done. */
@@ -28,18 +25,10 @@ function assertWhole(out: Collected, id: string, expected: number[]): void {
 }
 
 Deno.test("fifty concurrent Generate calls each receive exactly their own tokens", async () => {
-  const dir = await tempDir();
-  const sock = `${dir}/w.sock`;
-  const sim = await startSim(sock, [
-    "--ttft-ms",
-    "5",
-    "--itl-ms",
-    "2",
-    "--tokens",
-    "40",
-  ]);
-  const sidecar = await startSidecar(dir, sock);
-  const client = gateway(sidecar.grpcAddr);
+  const t = await startStack({
+    simArgs: ["--ttft-ms", "5", "--itl-ms", "2", "--tokens", "40"],
+  });
+  const { sidecar, client } = t;
   try {
     // Different prompts, seeds and lengths: a token delivered to the wrong
     // stream, lost or repeated changes some stream's ids or count.
@@ -94,18 +83,13 @@ Deno.test("fifty concurrent Generate calls each receive exactly their own tokens
       50,
     );
   } finally {
-    client.close();
-    await sidecar.proc.kill();
-    await sim.kill();
+    await t.close();
   }
 });
 
 Deno.test("a chat request streams its tokens and counts the prompt from every message", async () => {
-  const dir = await tempDir();
-  const sock = `${dir}/w.sock`;
-  const sim = await startSim(sock, ["--ttft-ms", "5", "--itl-ms", "2"]);
-  const sidecar = await startSidecar(dir, sock);
-  const client = gateway(sidecar.grpcAddr);
+  const t = await startStack({ simArgs: ["--ttft-ms", "5", "--itl-ms", "2"] });
+  const { client } = t;
   try {
     const messages = [
       { role: "system", content: "you are terse" },
@@ -130,18 +114,13 @@ Deno.test("a chat request streams its tokens and counts the prompt from every me
     ok("done" in done);
     equal(done.done.usage.prompt_tokens, 6);
   } finally {
-    client.close();
-    await sidecar.proc.kill();
-    await sim.kill();
+    await t.close();
   }
 });
 
 Deno.test("a request_id in flight on another Generate call is refused with ALREADY_EXISTS", async () => {
-  const dir = await tempDir();
-  const sock = `${dir}/w.sock`;
-  const sim = await startSim(sock, ["--ttft-ms", "5"]);
-  const sidecar = await startSidecar(dir, sock);
-  const client = gateway(sidecar.grpcAddr);
+  const t = await startStack({ simArgs: ["--ttft-ms", "5"] });
+  const { client } = t;
   const first = client.Generate(
     req("twice", "go on [[sim tokens=100000 itl_ms=10]]", {
       sampling: { max_tokens: 0 },
@@ -163,8 +142,6 @@ Deno.test("a request_id in flight on another Generate call is refused with ALREA
     equal(second.events.length, 0);
   } finally {
     first.cancel();
-    client.close();
-    await sidecar.proc.kill();
-    await sim.kill();
+    await t.close();
   }
 });

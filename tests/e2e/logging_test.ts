@@ -5,16 +5,8 @@
  */
 
 import { deepStrictEqual, equal, ok } from "node:assert/strict";
-import {
-  gateway,
-  generate,
-  type Proc,
-  req,
-  startSidecar,
-  startSim,
-  tempDir,
-  within,
-} from "../helpers/harness.ts";
+import { generate, type Proc, req, within } from "../helpers/harness.ts";
+import { startStack } from "../helpers/stack.ts";
 
 type Line = Record<string, unknown>;
 
@@ -50,20 +42,15 @@ const lost = (l: Line) =>
   l.to === "disconnected";
 
 Deno.test("at info the sidecar logs one JSON object per line: start-up with its addresses, state changes, shutdown, and nothing per token", async () => {
-  const dir = await tempDir();
-  const sock = `${dir}/w.sock`;
-  const simArgs = ["--ttft-ms", "1", "--itl-ms", "0"];
-  let sim = await startSim(sock, simArgs);
-  const sidecar = await startSidecar(
-    dir,
-    sock,
-    `[observability]\nlog_level = "info"`,
-  );
+  const t = await startStack({
+    simArgs: ["--ttft-ms", "1", "--itl-ms", "0"],
+    toml: `[observability]\nlog_level = "info"`,
+  });
+  const { sidecar } = t;
   const { proc } = sidecar;
-  const client = gateway(sidecar.grpcAddr);
   const run = async (id: string, tokens: number) => {
     const out = await generate(
-      client,
+      t.client,
       req(id, `count [[sim tokens=${tokens}]]`, {
         sampling: { max_tokens: tokens },
       }),
@@ -85,15 +72,15 @@ Deno.test("at info the sidecar logs one JSON object per line: start-up with its 
     // arrived once that one has.
     await waitLogged(proc, connected, 1);
     await run("small-1", 10);
-    await sim.kill();
+    await t.sim.kill();
     await waitLogged(proc, lost, 1);
 
     // Run B: 500 tokens in five generations, between a reconnect and the
     // next loss of the worker.
-    sim = await startSim(sock, simArgs);
+    await t.restartSim();
     await waitLogged(proc, connected, 2);
     for (let i = 0; i < 5; i++) await run(`large-${i}`, 100);
-    await sim.kill();
+    await t.sim.kill();
     await waitLogged(proc, lost, 2);
 
     proc.signal("SIGTERM");
@@ -147,8 +134,6 @@ Deno.test("at info the sidecar logs one JSON object per line: start-up with its 
     ]);
     equal(shutdown[0].signal, "SIGTERM");
   } finally {
-    client.close();
-    await proc.kill();
-    await sim.kill();
+    await t.close();
   }
 });

@@ -23,6 +23,7 @@ import {
   waitUntil,
   within,
 } from "../helpers/harness.ts";
+import { startStack } from "../helpers/stack.ts";
 
 const ROOT = new URL("../../", import.meta.url).pathname;
 
@@ -41,17 +42,13 @@ function freePort(): number {
 }
 
 Deno.test("under the production permission set the sidecar serves, meters and bills end to end", async () => {
-  const dir = await tempDir();
-  const sock = `${dir}/w.sock`;
   const billing = new BillingServer();
   billing.start();
-  const sim = await startSim(sock, ["--ttft-ms", "2", "--itl-ms", "1"]);
-  const sidecar = await startSidecar(
-    dir,
-    sock,
-    `[metering]\nbilling_endpoint = "${billing.url}"\nbatch_interval_secs = 0.1`,
-  );
-  const client = gateway(sidecar.grpcAddr);
+  const t = await startStack({
+    simArgs: ["--ttft-ms", "2", "--itl-ms", "1"],
+    billing,
+  });
+  const { sidecar } = t;
   try {
     // Exactly `deno run`, the set for this configuration, the entry point.
     const text = await Deno.readTextFile(sidecar.configPath);
@@ -66,7 +63,10 @@ Deno.test("under the production permission set the sidecar serves, meters and bi
       sidecar.configPath,
     ]);
 
-    const out = await generate(client, req("sandbox-1", "inside the sandbox"));
+    const out = await generate(
+      t.client,
+      req("sandbox-1", "inside the sandbox"),
+    );
     equal(out.error, null);
     equal(out.status?.code, 0);
     ok(out.tokenIds.length > 0);
@@ -76,13 +76,12 @@ Deno.test("under the production permission set the sidecar serves, meters and bi
     equal(record.request_id, "sandbox-1");
     equal(record.completion_tokens, out.tokenIds.length);
     ok(
-      [...Deno.readDirSync(`${dir}/usage`)].some((e) => e.name === "usage.kv"),
+      [...Deno.readDirSync(`${t.dir}/usage`)].some((e) =>
+        e.name === "usage.kv"
+      ),
     );
   } finally {
-    client.close();
-    await sidecar.proc.kill();
-    await sim.kill();
-    await billing.close();
+    await t.close();
   }
 });
 
@@ -211,14 +210,11 @@ Deno.test("a config file the permission set does not name cannot even be read", 
 });
 
 Deno.test("--dump-usage and --check-config run under the production set of their config", async () => {
-  const dir = await tempDir();
-  const sock = `${dir}/w.sock`;
-  const sim = await startSim(sock, ["--ttft-ms", "2", "--itl-ms", "1"]);
   // No billing endpoint: the record stays in the queue for the dump.
-  const sidecar = await startSidecar(dir, sock);
-  const client = gateway(sidecar.grpcAddr);
+  const t = await startStack({ simArgs: ["--ttft-ms", "2", "--itl-ms", "1"] });
+  const { sidecar } = t;
   try {
-    const out = await generate(client, req("dump-1", "keep this one"));
+    const out = await generate(t.client, req("dump-1", "keep this one"));
     equal(out.error, null);
     sidecar.proc.signal("SIGTERM");
     equal((await within("the sidecar exits", sidecar.proc.exited)).code, 0);
@@ -234,9 +230,7 @@ Deno.test("--dump-usage and --check-config run under the production set of their
     equal(checked.code, 0, checked.stderr.join("\n"));
     deepStrictEqual(checked.stdout, [`${sidecar.configPath}: ok`]);
   } finally {
-    client.close();
-    await sidecar.proc.kill();
-    await sim.kill();
+    await t.close();
   }
 });
 

@@ -4,18 +4,14 @@ import * as grpc from "@grpc/grpc-js";
 import { SIDECAR_VERSION } from "../../src/version.ts";
 import { BillingServer } from "../helpers/billing_server.ts";
 import {
-  gateway,
   generate,
   getStatus,
-  healthClient,
   metric,
   req,
-  startSidecar,
-  startSim,
-  tempDir,
   waitUntil,
   within,
 } from "../helpers/harness.ts";
+import { startStack } from "../helpers/stack.ts";
 
 type Client = grpc.Client & Record<string, any>;
 
@@ -34,29 +30,39 @@ async function readyz(metricsUrl: string) {
   return { status: res.status, body: await res.json() };
 }
 
-/** A simulator and a sidecar; the simulator can be killed and restarted. */
-async function setup(simArgs: string[] = []) {
-  const dir = await tempDir();
-  const sock = `${dir}/w.sock`;
-  const args = ["--ttft-ms", "5", "--itl-ms", "2", ...simArgs];
-  const t = {
-    sim: await startSim(sock, args),
-    sidecar: await startSidecar(dir, sock),
-    client: null as unknown as Client,
-    health: null as unknown as Client,
-    restartSim: async () => {
-      t.sim = await startSim(sock, args);
-    },
-    async close() {
-      t.client.close();
-      t.health.close();
-      await t.sidecar.proc.kill();
-      await t.sim.kill();
-    },
-  };
-  t.client = gateway(t.sidecar.grpcAddr);
-  t.health = healthClient(t.sidecar.grpcAddr);
-  return t;
+/** Collects every status a health `Watch` of `""` sends. */
+function watchHealth(health: Client): { updates: string[]; cancel(): void } {
+  const updates: string[] = [];
+  const watch = health.Watch({ service: "" });
+  watch.on("data", (m: { status: string }) => updates.push(m.status));
+  watch.on("error", () => {});
+  return { updates, cancel: () => watch.cancel() };
+}
+
+/**
+ * Starts a generation that streams until it is cancelled, dropping what
+ * it sends.
+ */
+function endless(client: Client, id: string) {
+  const call = client.Generate(
+    req(id, "go on [[sim tokens=100000 itl_ms=10]]", {
+      sampling: { max_tokens: 0 },
+    }),
+  );
+  call.on("data", () => {});
+  call.on("error", () => {});
+  return call;
+}
+
+/**
+ * A simulator and a sidecar (`toml` merged into its config); the
+ * simulator can be killed and restarted.
+ */
+function setup(simArgs: string[] = [], toml = "") {
+  return startStack({
+    simArgs: ["--ttft-ms", "5", "--itl-ms", "2", ...simArgs],
+    toml,
+  });
 }
 
 Deno.test("GetStatus describes the connected worker and counts generations in flight", async () => {
@@ -95,10 +101,8 @@ Deno.test("GetStatus describes the connected worker and counts generations in fl
 
 Deno.test("health, readiness and status follow the worker: SERVING while connected, NOT_SERVING while it is gone", async () => {
   const t = await setup();
-  const updates: string[] = [];
-  const watch = t.health.Watch({ service: "" });
-  watch.on("data", (m: { status: string }) => updates.push(m.status));
-  watch.on("error", () => {});
+  const watch = watchHealth(t.health);
+  const { updates } = watch;
   try {
     for (const service of ["", "cy.sidecar.v1.Sidecar"]) {
       equal(await check(t.health, service), "SERVING");
@@ -150,10 +154,8 @@ Deno.test("health, readiness and status follow the worker: SERVING while connect
 
 Deno.test("while the worker reloads, GetStatus says RELOADING with its ETA and health is NOT_SERVING", async () => {
   const t = await setup(["--reload-eta-secs", "30", "--reload-secs", "30"]);
-  const updates: string[] = [];
-  const watch = t.health.Watch({ service: "" });
-  watch.on("data", (m: { status: string }) => updates.push(m.status));
-  watch.on("error", () => {});
+  const watch = watchHealth(t.health);
+  const { updates } = watch;
   try {
     await waitUntil("Watch sends SERVING", () => updates[0] === "SERVING");
     t.sim.signal("SIGUSR1");
@@ -185,13 +187,7 @@ Deno.test("while the worker reloads, GetStatus says RELOADING with its ETA and h
 Deno.test("while the worker drains, GetStatus says DRAINING and health is NOT_SERVING", async () => {
   const t = await setup();
   // A generation in flight keeps the draining worker from closing.
-  const call = t.client.Generate(
-    req("drain-1", "go on [[sim tokens=100000 itl_ms=10]]", {
-      sampling: { max_tokens: 0 },
-    }),
-  );
-  call.on("data", () => {});
-  call.on("error", () => {});
+  const call = endless(t.client, "drain-1");
   try {
     await waitUntil(
       "the generation is in flight",
@@ -338,34 +334,17 @@ Deno.test("/metrics exposes every metric of the design with values that match a 
   }
 });
 
-/** Collects every status a health `Watch` of `""` sends. */
-function watchHealth(health: Client): { updates: string[]; cancel(): void } {
-  const updates: string[] = [];
-  const watch = health.Watch({ service: "" });
-  watch.on("data", (m: { status: string }) => updates.push(m.status));
-  watch.on("error", () => {});
-  return { updates, cancel: () => watch.cancel() };
-}
-
 Deno.test("a full usage queue turns health NOT_SERVING and /readyz 503 together, and both recover when billing is back", async () => {
   // Billing is unreachable (its port closed), so records stay queued.
   const billing = new BillingServer();
   billing.start();
   await billing.stopListening();
-  const dir = await tempDir();
-  const sock = `${dir}/w.sock`;
-  const sim = await startSim(sock, ["--ttft-ms", "2", "--itl-ms", "1"]);
-  const sidecar = await startSidecar(
-    dir,
-    sock,
-    `[metering]
-billing_endpoint = "${billing.url}"
-batch_interval_secs = 0.1
-request_timeout_secs = 0.5
-offline_queue_size = 3`,
-  );
-  const client = gateway(sidecar.grpcAddr);
-  const health = healthClient(sidecar.grpcAddr);
+  const t = await startStack({
+    simArgs: ["--ttft-ms", "2", "--itl-ms", "1"],
+    toml: "[metering]\nrequest_timeout_secs = 0.5\noffline_queue_size = 3",
+    billing,
+  });
+  const { sidecar, client, health } = t;
   const watch = watchHealth(health);
   const ready = async () => (await readyz(sidecar.metricsUrl)).status;
   try {
@@ -419,34 +398,16 @@ offline_queue_size = 3`,
     deepStrictEqual(watch.updates, ["SERVING", "NOT_SERVING", "SERVING"]);
   } finally {
     watch.cancel();
-    client.close();
-    health.close();
-    await sidecar.proc.kill();
-    await sim.kill();
-    await billing.close();
+    await t.close();
   }
 });
 
 Deno.test("at shutdown health, /readyz and sidecar_ready turn off together while the connection gauge still says connected", async () => {
-  const dir = await tempDir();
-  const sock = `${dir}/w.sock`;
-  const sim = await startSim(sock, ["--ttft-ms", "5", "--itl-ms", "2"]);
   // A long grace, so the drain outlasts every check below.
-  const sidecar = await startSidecar(
-    dir,
-    sock,
-    "[server]\nshutdown_grace_secs = 120",
-  );
-  const client = gateway(sidecar.grpcAddr);
-  const health = healthClient(sidecar.grpcAddr);
+  const t = await setup([], "[server]\nshutdown_grace_secs = 120");
+  const { sidecar, client, health } = t;
   const watch = watchHealth(health);
-  const long = client.Generate(
-    req("drain-1", "go on [[sim tokens=100000 itl_ms=10]]", {
-      sampling: { max_tokens: 0 },
-    }),
-  );
-  long.on("error", () => {});
-  long.on("data", () => {});
+  const long = endless(client, "drain-1");
   try {
     await waitUntil(
       "Watch sends SERVING",
@@ -483,9 +444,6 @@ Deno.test("at shutdown health, /readyz and sidecar_ready turn off together while
   } finally {
     long.cancel();
     watch.cancel();
-    client.close();
-    health.close();
-    await sidecar.proc.kill();
-    await sim.kill();
+    await t.close();
   }
 });

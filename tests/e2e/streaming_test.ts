@@ -1,22 +1,12 @@
 import { deepStrictEqual, equal, ok } from "node:assert/strict";
-import {
-  gateway,
-  generate,
-  req,
-  startSidecar,
-  startSim,
-  tempDir,
-} from "../helpers/harness.ts";
+import { generate, req } from "../helpers/harness.ts";
+import { startStack } from "../helpers/stack.ts";
 
 Deno.test("Generate streams a simulated generation token by token through real processes", async () => {
-  const dir = await tempDir();
-  const sock = `${dir}/w.sock`;
-  const sim = await startSim(sock, ["--ttft-ms", "5", "--itl-ms", "2"]);
-  const sidecar = await startSidecar(dir, sock);
-  const client = gateway(sidecar.grpcAddr);
+  const t = await startStack({ simArgs: ["--ttft-ms", "5", "--itl-ms", "2"] });
   try {
     const out = await generate(
-      client,
+      t.client,
       req("stream-1", "tell me a story", { sampling: { max_tokens: 12 } }),
     );
     equal(out.error, null);
@@ -33,8 +23,6 @@ Deno.test("Generate streams a simulated generation token by token through real p
     equal(done.done.model_id, "sim-1");
     ok(out.events.every((e) => e.request_id === "stream-1"));
   } finally {
-    client.close();
-    await sidecar.proc.kill();
-    await sim.kill();
+    await t.close();
   }
 });

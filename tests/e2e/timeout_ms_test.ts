@@ -5,15 +5,8 @@
 
 import { equal, match, ok } from "node:assert/strict";
 import * as grpc from "@grpc/grpc-js";
-import {
-  gateway,
-  generate,
-  req,
-  startSidecar,
-  startSim,
-  tempDir,
-  waitIdle,
-} from "../helpers/harness.ts";
+import { generate, req, waitIdle } from "../helpers/harness.ts";
+import { startStack } from "../helpers/stack.ts";
 
 const ROOT = new URL("../../", import.meta.url).pathname;
 
@@ -30,15 +23,11 @@ function fieldComment(proto: string, declaration: string): string {
 }
 
 Deno.test("a Generate call past its timeout_ms ends with DEADLINE_EXCEEDED and frees the worker's slot", async () => {
-  const dir = await tempDir();
-  const sock = `${dir}/w.sock`;
-  const sim = await startSim(sock, ["--ttft-ms", "2", "--itl-ms", "1"]);
-  const sidecar = await startSidecar(dir, sock);
-  const client = gateway(sidecar.grpcAddr);
+  const t = await startStack({ simArgs: ["--ttft-ms", "2", "--itl-ms", "1"] });
   try {
     // No gRPC deadline: only timeout_ms can end this generation.
     const out = await generate(
-      client,
+      t.client,
       req("timeout-gen-1", "go on [[sim tokens=1000000 itl_ms=5]]", {
         sampling: { max_tokens: 0 },
         timeout_ms: 1500,
@@ -46,11 +35,9 @@ Deno.test("a Generate call past its timeout_ms ends with DEADLINE_EXCEEDED and f
     );
     equal(out.error?.code, grpc.status.DEADLINE_EXCEEDED);
     ok(out.tokenIds.length > 0, "tokens streamed until the limit");
-    await waitIdle(client);
+    await waitIdle(t.client);
   } finally {
-    client.close();
-    await sidecar.proc.kill();
-    await sim.kill();
+    await t.close();
   }
 });
 

@@ -3,21 +3,20 @@ import * as grpc from "@grpc/grpc-js";
 import { CODE_NAMES } from "../../src/gateway/generation.ts";
 import {
   type Collected,
-  gateway,
   generate,
   getStatus,
   metric,
   req,
-  type SidecarProc,
-  startSidecar,
-  startSim,
-  tempDir,
   waitIdle,
   waitReady,
   waitUntil,
   within,
 } from "../helpers/harness.ts";
-import { ScriptedWorker } from "../helpers/scripted_worker.ts";
+import {
+  type Stack,
+  startScriptedStack,
+  startStack,
+} from "../helpers/stack.ts";
 import { SessionDriver } from "../helpers/session.ts";
 
 const SIM_ARGS = ["--ttft-ms", "5", "--itl-ms", "2", "--log-level", "debug"];
@@ -31,13 +30,11 @@ const PATIENT_HEARTBEAT = "[health]\nheartbeat_timeout_secs = 5\n";
  * `simArgs` added to the simulator's command line.
  */
 async function setup(toml = "", simArgs: string[] = []) {
-  const dir = await tempDir();
-  const sock = `${dir}/w.sock`;
-  const t = {
-    sim: await startSim(sock, [...SIM_ARGS, ...simArgs]),
-    sidecar: await startSidecar(dir, sock, PATIENT_HEARTBEAT + toml),
-    sock,
-    client: null as unknown as ReturnType<typeof gateway>,
+  const t = await startStack({
+    simArgs: [...SIM_ARGS, ...simArgs],
+    toml: PATIENT_HEARTBEAT + toml,
+  });
+  return Object.assign(t, {
     /** Generates with a sim directive in the prompt. */
     run: (id: string, directive: string) =>
       within(
@@ -52,14 +49,7 @@ async function setup(toml = "", simArgs: string[] = []) {
       equal(out.tokenIds.length, 8);
       await waitIdle(t.client);
     },
-    async close() {
-      t.client.close();
-      await t.sidecar.proc.kill();
-      await t.sim.kill();
-    },
-  };
-  t.client = gateway(t.sidecar.grpcAddr);
-  return t;
+  });
 }
 
 /**
@@ -69,7 +59,7 @@ async function setup(toml = "", simArgs: string[] = []) {
  * non-OK status arrives, so the client can have seen fewer.
  */
 async function assertFailed(
-  t: { sidecar: SidecarProc },
+  t: Stack,
   out: Collected,
   id: string,
   code: grpc.status,
@@ -78,10 +68,7 @@ async function assertFailed(
   equal(out.error?.code, code, out.error?.message);
   ok(out.events.every((e) => e.kind === "chunk"), "no done after a failure");
   ok(out.tokenIds.length <= delivered, `received ${out.tokenIds.length}`);
-  const line = await t.sidecar.proc.waitFor(
-    new RegExp(`"msg":"generation ended".*"request_id":"${id}"`),
-  );
-  equal(JSON.parse(line).completion_tokens, delivered);
+  equal((await t.sidecarEnd(id)).completion_tokens, delivered);
 }
 
 for (
@@ -255,7 +242,7 @@ Deno.test("a worker that exits mid-stream fails the stream with UNAVAILABLE and 
       });
     equal(lost, 1);
 
-    t.sim = await startSim(t.sock, SIM_ARGS);
+    await t.restartSim();
     await t.servesNext("exit-after");
   } finally {
     await t.close();
@@ -270,7 +257,7 @@ Deno.test("a generation the worker stops feeding fails with UNAVAILABLE after re
     await assertFailed(t, out, "hang-1", grpc.status.UNAVAILABLE, 2);
     match(out.error!.details, /sent nothing for request "hang-1"/);
     ok(out.error!.metadata.get("grpc-retry-pushback-ms").length === 1);
-    await t.sim.waitFor(/generation ended id=hang-1 outcome=cancelled$/);
+    await t.workerCancelled("hang-1");
     await waitIdle(t.client);
     // The worker still answers pings: the connection itself is fine.
     equal(await metric(t.sidecar, "sidecar_worker_connection_errors_total"), 0);
@@ -295,9 +282,7 @@ Deno.test("on a Session, a worker error code named like an Object.prototype memb
     equal(failed.last.error.code, grpc.status.INTERNAL);
     equal(failed.last.error.message, "sim fault: injected error for proto-1");
     equal(fine.last.kind, "done");
-    session.end();
-    await within("session end", session.closed());
-    equal(session.status?.code, grpc.status.OK);
+    equal((await session.finish())?.code, grpc.status.OK);
   } finally {
     session.call.cancel();
     await t.close();
@@ -341,15 +326,10 @@ Deno.test("a prompt over the worker's max_frame_bytes but under max_request_byte
 });
 
 Deno.test("a worker that accepts the connection and never answers hello fails the handshake at its timeout; the sidecar retries and serves once it answers", async () => {
-  const worker = await ScriptedWorker.listen();
-  const dir = await tempDir();
-  const sidecar = await startSidecar(
-    dir,
-    worker.path,
+  const t = await startScriptedStack(
     "[worker]\nhandshake_timeout_secs = 0.3\n" + PATIENT_HEARTBEAT,
-    { waitReady: false },
   );
-  const client = gateway(sidecar.grpcAddr);
+  const { worker, sidecar, client } = t;
   try {
     const silent = await worker.peer(0, 15_000);
     await silent.expect("hello", 15_000);
@@ -393,8 +373,6 @@ Deno.test("a worker that accepts the connection and never answers hello fails th
     equal(out.error, null);
     equal(out.text, "hi");
   } finally {
-    client.close();
-    await sidecar.proc.kill();
-    worker.close();
+    await t.close();
   }
 });

@@ -10,6 +10,25 @@ import {
   type SidecarMessage,
 } from "../../src/worker/messages.ts";
 
+/**
+ * A scripted worker's `welcome`: a ready worker of protocol version 1, with
+ * `fields` over those defaults.
+ */
+export function welcomeFrame(
+  fields: Record<string, unknown> = {},
+): Record<string, unknown> {
+  return {
+    type: "welcome",
+    version: 1,
+    worker: "scripted/1",
+    model_id: "scripted-1",
+    max_concurrency: 4,
+    max_frame_bytes: 1 << 20,
+    state: "ready",
+    ...fields,
+  };
+}
+
 /** One accepted connection, seen from the worker's side. */
 export class ScriptedPeer {
   readonly conn: Deno.UnixConn;
@@ -97,19 +116,10 @@ export class ScriptedPeer {
     await this.conn.write(bytes);
   }
 
-  /** Answers `hello` with a `welcome`. */
+  /** Answers `hello` with a {@link welcomeFrame} of `welcome`'s fields. */
   async handshake(welcome: Record<string, unknown> = {}): Promise<void> {
     await this.expect("hello");
-    await this.send({
-      type: "welcome",
-      version: 1,
-      worker: "scripted/1",
-      model_id: "scripted-1",
-      max_concurrency: 4,
-      max_frame_bytes: 1 << 20,
-      state: "ready",
-      ...welcome,
-    });
+    await this.send(welcomeFrame(welcome));
   }
 
   /** Waits until the sidecar closes the connection. */

@@ -8,6 +8,7 @@
 // deno-lint-ignore-file no-explicit-any -- grpc-js clients are untyped stubs
 import type * as grpc from "@grpc/grpc-js";
 import type { GenerateEventPb } from "../../src/gateway/types.ts";
+import { within } from "./harness.ts";
 
 /** An event as the client decodes it (`kind` names the oneof member). */
 export type SessionEvent = GenerateEventPb & { kind: string };
@@ -79,6 +80,16 @@ export class SessionDriver {
   /** Resolves once the server has ended the call. */
   closed(): Promise<void> {
     return this.#closed;
+  }
+
+  /**
+   * Half-closes the stream and waits, at most `timeoutMs`, until the
+   * server ends the call; returns the call's final status.
+   */
+  async finish(timeoutMs = 15_000): Promise<grpc.StatusObject | null> {
+    this.end();
+    await within("the session's end", this.#closed, timeoutMs);
+    return this.status;
   }
 
   #onEvent(ev: SessionEvent): void {
