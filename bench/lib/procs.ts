@@ -185,13 +185,22 @@ export function cpuSeconds(pid: number): number {
 }
 
 /** Resident set size and its peak so far, in bytes. */
-export function memory(pid: number): { rss: number; peak: number } {
+export function memory(
+  pid: number,
+): { rss: number; peak: number; anon: number; file: number } {
   const status = Deno.readTextFileSync(`/proc/${pid}/status`);
   const kb = (key: string) => {
     const m = status.match(new RegExp(`^${key}:\\s+(\\d+) kB`, "m"));
     return m ? Number(m[1]) * 1024 : 0;
   };
-  return { rss: kb("VmRSS"), peak: kb("VmHWM") };
+  // RssFile is mostly the Deno executable's own code pages: clean, shared,
+  // and the first thing the kernel reclaims under memory pressure.
+  return {
+    rss: kb("VmRSS"),
+    peak: kb("VmHWM"),
+    anon: kb("RssAnon"),
+    file: kb("RssFile"),
+  };
 }
 
 /** PIDs whose parent is `pid` (nginx's workers, for instance). */

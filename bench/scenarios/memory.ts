@@ -78,6 +78,8 @@ export async function memoryScenario(ctx: Context): Promise<void> {
 
   for (const [v, variant] of variants().entries()) {
     const idle: number[] = [];
+    const idleAnon: number[] = [];
+    const idleFile: number[] = [];
     const peak: number[] = [];
     const during: number[] = [];
     const after: number[] = [];
@@ -92,7 +94,10 @@ export async function memoryScenario(ctx: Context): Promise<void> {
       try {
         const pid = stack.sidecar.pid;
         await sleep(d.idleSettleS * 1000);
-        idle.push(memory(pid).rss);
+        const m = memory(pid);
+        idle.push(m.rss);
+        idleAnon.push(m.anon);
+        idleFile.push(m.file);
         const steady = { ...STEADY, durationS: d.latencyS, warmupS: d.warmupS };
         steadyBefore.push(
           await runGrpc(env, stack.grpcAddr, steady, { sidecar: pid }),
@@ -170,6 +175,20 @@ export async function memoryScenario(ctx: Context): Promise<void> {
           ? { op: "<=", value: 50 * MB / MiB, text: "≤ 50 MB (47.7 MiB)" }
           : undefined,
       },
+    );
+    report.add(
+      NAME,
+      `RSS idle: anonymous (heap, buffers), ${variant.label}`,
+      "no traffic",
+      idleAnon.map((b) => b / MiB),
+      "MiB",
+    );
+    report.add(
+      NAME,
+      `RSS idle: file-backed (the Deno executable's pages), ${variant.label}`,
+      "no traffic",
+      idleFile.map((b) => b / MiB),
+      "MiB",
     );
     report.add(
       NAME,
