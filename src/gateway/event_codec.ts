@@ -76,7 +76,7 @@ function usageBody(u: UsagePb): number {
 
 // ---- writing: each function writes at `pos` and returns the next one ----
 
-function writeVarint(buf: Buffer, pos: number, v: number): number {
+function writeVarint(buf: Uint8Array, pos: number, v: number): number {
   while (v > 0x7f) {
     buf[pos++] = (v & 0x7f) | 0x80;
     v >>>= 7;
@@ -87,7 +87,7 @@ function writeVarint(buf: Buffer, pos: number, v: number): number {
 
 /** A string field whose UTF-8 size `n` is already known (0: left out). */
 function writeString(
-  buf: Buffer,
+  buf: Uint8Array,
   pos: number,
   field: number,
   s: string,
@@ -105,14 +105,19 @@ function writeString(
   return pos + n;
 }
 
-function writeUint(buf: Buffer, pos: number, field: number, v: number): number {
+function writeUint(
+  buf: Uint8Array,
+  pos: number,
+  field: number,
+  v: number,
+): number {
   if (v === 0) return pos;
   buf[pos++] = field << 3;
   return writeVarint(buf, pos, v);
 }
 
 function writeUsage(
-  buf: Buffer,
+  buf: Uint8Array,
   pos: number,
   field: number,
   u: UsagePb,
@@ -123,8 +128,8 @@ function writeUsage(
   return writeUint(buf, pos, 2, u.completion_tokens);
 }
 
-function allocate(size: number): Buffer {
-  const buf = Buffer.allocUnsafe(GRPC_PREFIX_BYTES + size);
+function allocate(size: number): Uint8Array {
+  const buf = new Uint8Array(GRPC_PREFIX_BYTES + size);
   buf[0] = 0;
   buf[1] = size >>> 24;
   buf[2] = (size >>> 16) & 0xff;
@@ -138,7 +143,7 @@ function encodeChunk(
   id: string,
   text: string,
   ids: readonly number[],
-): Buffer {
+): Uint8Array {
   const idBytes = utf8Length(id);
   const textBytes = utf8Length(text);
   let idsBytes = 0;
@@ -164,7 +169,9 @@ function encodeChunk(
 }
 
 /** Any other event: rare (a few per generation), so kept simple. */
-function encodeOther(ev: Exclude<GenerateEventPb, { chunk: unknown }>): Buffer {
+function encodeOther(
+  ev: Exclude<GenerateEventPb, { chunk: unknown }>,
+): Uint8Array {
   const idBytes = utf8Length(ev.request_id);
   let field: number;
   let body: number;
@@ -226,7 +233,7 @@ function encodeOther(ev: Exclude<GenerateEventPb, { chunk: unknown }>): Buffer {
  *
  * @throws {RangeError} if a number does not fit its uint32 field.
  */
-export function encodeEventMessage(ev: GenerateEventPb): Buffer {
+export function encodeEventMessage(ev: GenerateEventPb): Uint8Array {
   if ("chunk" in ev) {
     return encodeChunk(ev.request_id, ev.chunk.text, ev.chunk.token_ids);
   }
@@ -238,5 +245,10 @@ export function encodeEventMessage(ev: GenerateEventPb): Buffer {
  * the prefix, which grpc-js adds itself.
  */
 export function serializeEvent(ev: GenerateEventPb): Buffer {
-  return encodeEventMessage(ev).subarray(GRPC_PREFIX_BYTES);
+  const msg = encodeEventMessage(ev);
+  return Buffer.from(
+    msg.buffer,
+    msg.byteOffset + GRPC_PREFIX_BYTES,
+    msg.length - GRPC_PREFIX_BYTES,
+  );
 }

@@ -30,9 +30,9 @@
  * @module
  */
 
-import { Buffer } from "node:buffer";
 import * as grpc from "@grpc/grpc-js";
 import type { Clock, TimerId } from "../util/clock.ts";
+import type { StreamSink } from "./connection_tap.ts";
 import { encodeEventMessage } from "./event_codec.ts";
 import {
   type Corkable,
@@ -98,32 +98,51 @@ interface Entry {
   end: number;
 }
 
+function concat(parts: Uint8Array[], bytes: number): Uint8Array {
+  const out = new Uint8Array(bytes);
+  let at = 0;
+  for (const p of parts) {
+    out.set(p, at);
+    at += p.length;
+  }
+  return out;
+}
+
+let toSettle: StreamLedger[] = [];
+
+function settleAtEndOfTurn(l: StreamLedger): void {
+  if (toSettle.length === 0) queueMicrotask(settleTurn);
+  toSettle.push(l);
+}
+
+function settleTurn(): void {
+  const ledgers = toSettle;
+  toSettle = [];
+  for (const l of ledgers) l.settleNow();
+}
+
 /** The events of one gRPC call, from written to delivered. */
-export class StreamLedger implements TurnWriter {
+export class StreamLedger implements TurnWriter, StreamSink {
   #call: LedgerCall;
   #t: LedgerTransport | null;
   #clock: Clock;
   #stallTimeoutMs: number;
   #onStall: ((unsentBytes: number) => void) | undefined;
   #headersSent = false;
-  #parts: Buffer[] = [];
+  #parts: Uint8Array[] = [];
   #partsBytes = 0;
   /** Bytes handed to the HTTP/2 stream, and bytes it has sent. */
   #written = 0;
   #sent = 0;
   #entries: Entry[] = [];
   #head = 0;
-  /** Slots waiting for their last event to be delivered. */
-  #waitingDelivery = new Set<LedgerSlot>();
-  /** Slots waiting for the stream to unblock. */
-  #waitingRelease = new Set<LedgerSlot>();
+  /** Slots waiting for their last event to be delivered (made on first use). */
+  #waitingDelivery: Set<LedgerSlot> | null = null;
+  /** Slots waiting for the stream to unblock (made on first use). */
+  #waitingRelease: Set<LedgerSlot> | null = null;
   #blocked = false;
   #abandoned = false;
   #settleScheduled = false;
-  #settleTask = () => {
-    this.#settleScheduled = false;
-    this.#settle();
-  };
   #stallTimer: TimerId | null = null;
   /** `#sent` when the stall timer was last armed or looked. */
   #sentAtCheck = 0;
@@ -138,16 +157,7 @@ export class StreamLedger implements TurnWriter {
       : options.transport;
     const t = this.#t;
     if (t) {
-      t.tap.watch(t.stream.id!, {
-        sent: (bytes) => {
-          this.#sent += bytes;
-          // Frames are being serialized right now: settle after that.
-          if (!this.#settleScheduled) {
-            this.#settleScheduled = true;
-            queueMicrotask(this.#settleTask);
-          }
-        },
-      });
+      t.tap.watch(t.stream.id!, this);
       t.stream.once("close", () => this.abandon());
     } else {
       call.on("drain", () => this.#unblock());
@@ -172,6 +182,24 @@ export class StreamLedger implements TurnWriter {
   /** The connection's socket, corked for a turn's flush. */
   get socket(): Corkable | null {
     return this.#t?.socket ?? null;
+  }
+
+  /**
+   * @internal The tap's report: `bytes` more DATA bytes of this stream were
+   * sent. Frames are being serialized right now: settle after that.
+   */
+  sent(bytes: number): void {
+    this.#sent += bytes;
+    if (!this.#settleScheduled) {
+      this.#settleScheduled = true;
+      settleAtEndOfTurn(this);
+    }
+  }
+
+  /** @internal Called at the end of the turn in which bytes were sent. */
+  settleNow(): void {
+    this.#settleScheduled = false;
+    this.#settle();
   }
 
   /** A place for `owner` in this ledger, to write its events with. */
@@ -203,7 +231,7 @@ export class StreamLedger implements TurnWriter {
 
   /** Registers `slot` to be released when the stream unblocks. */
   wait(slot: LedgerSlot): void {
-    this.#waitingRelease.add(slot);
+    (this.#waitingRelease ??= new Set()).add(slot);
   }
 
   /**
@@ -216,7 +244,7 @@ export class StreamLedger implements TurnWriter {
       return;
     }
     slot.onDelivered = fn;
-    this.#waitingDelivery.add(slot);
+    (this.#waitingDelivery ??= new Set()).add(slot);
   }
 
   /**
@@ -267,7 +295,7 @@ export class StreamLedger implements TurnWriter {
       this.#call.sendMetadata(new grpc.Metadata());
     }
     this.#written += bytes;
-    s.write(parts.length === 1 ? parts[0] : Buffer.concat(parts, bytes));
+    s.write(parts.length === 1 ? parts[0] : concat(parts, bytes));
   }
 
   #abandon(): void {
@@ -279,9 +307,9 @@ export class StreamLedger implements TurnWriter {
     this.#partsBytes = 0;
     this.#entries = [];
     this.#head = 0;
-    const waiting = [...this.#waitingDelivery];
-    this.#waitingDelivery.clear();
-    for (const slot of waiting) this.#delivered(slot);
+    const waiting = this.#waitingDelivery;
+    this.#waitingDelivery = null;
+    if (waiting) { for (const slot of waiting) this.#delivered(slot); }
     this.#unblock();
   }
 
@@ -297,7 +325,7 @@ export class StreamLedger implements TurnWriter {
       if (!slot) continue;
       if (e.tokens > 0) slot.owner.delivered(e.tokens);
       if (--slot.pending === 0 && slot.onDelivered) {
-        this.#waitingDelivery.delete(slot);
+        this.#waitingDelivery?.delete(slot);
         this.#delivered(slot);
       }
     }
@@ -321,9 +349,9 @@ export class StreamLedger implements TurnWriter {
 
   #unblock(): void {
     this.#blocked = false;
-    if (this.#waitingRelease.size === 0) return;
-    const slots = [...this.#waitingRelease];
-    this.#waitingRelease.clear();
+    const slots = this.#waitingRelease;
+    if (!slots || slots.size === 0) return;
+    this.#waitingRelease = null;
     for (const s of slots) s.owner.release();
   }
 

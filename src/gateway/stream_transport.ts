@@ -57,15 +57,34 @@ export function transportOf(call: unknown): LedgerTransport | null {
   const stream = http2StreamOf(call);
   const session = stream?.session ?? null;
   const tap = tapSession(session);
-  if (!stream || !tap || typeof stream.id !== "number") return null;
-  let socket: Corkable | null = null;
-  try {
-    const s = (session as { socket?: Partial<Corkable> }).socket;
-    if (typeof s?.cork === "function" && typeof s?.uncork === "function") {
-      socket = s as Corkable;
-    }
-  } catch { /* no socket to cork: its writes go out one by one */ }
-  return { stream, tap, socket };
+  if (!session || !stream || !tap || typeof stream.id !== "number") {
+    return null;
+  }
+  return { stream, tap, socket: socketOf(session) };
+}
+
+const sockets = new WeakMap<object, Corkable | null>();
+
+/**
+ * A session's socket, as cork and uncork, once per session: node:http2
+ * hands out the socket through a proxy that binds a new function on
+ * every property read.
+ */
+function socketOf(session: object): Corkable | null {
+  let c = sockets.get(session);
+  if (c === undefined) {
+    c = null;
+    try {
+      const s = (session as { socket?: Partial<Corkable> }).socket;
+      const cork = s?.cork;
+      const uncork = s?.uncork;
+      if (typeof cork === "function" && typeof uncork === "function") {
+        c = { cork, uncork };
+      }
+    } catch { /* no socket to cork: its writes go out one by one */ }
+    sockets.set(session, c);
+  }
+  return c;
 }
 
 /** Something with events to hand to its stream at the end of the turn. */
