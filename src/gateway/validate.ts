@@ -10,6 +10,7 @@ import { SidecarError } from "../errors.ts";
 import type { GenerationRequest } from "../worker/exchange.ts";
 import type { Sampling } from "../worker/messages.ts";
 import type { GenerateRequestPb } from "./types.ts";
+import { jsonStringBytes } from "../util/utf8.ts";
 
 /** Limits on request fields; generous, but each bounds memory per request. */
 export const REQUEST_LIMITS = {
@@ -20,10 +21,11 @@ export const REQUEST_LIMITS = {
   billingLabels: 64,
   labelKeyChars: 128,
   labelValueChars: 256,
-  // Labels are stored with every usage record, which Deno KV caps at
-  // 64 KiB: 64 labels of 384 characters could take 73 KiB in UTF-8, so
-  // their total is capped too. Every all-ASCII label set the other bounds
-  // allow (at most 24 KiB) fits.
+  // Labels are stored with every usage record, as JSON, which Deno KV
+  // caps at 64 KiB: 64 labels of 384 characters could take 73 KiB in
+  // UTF-8 (and 147 KiB of control characters escaped), so their total as
+  // JSON strings is capped too. Every plain ASCII label set the other
+  // bounds allow (at most 24 KiB) fits.
   labelBytes: 32_768,
 } as const;
 
@@ -79,13 +81,9 @@ export function validateRequest(
   };
 }
 
-const UTF8 = new TextEncoder();
-
 function labelBytes(labels: [string, string][]): number {
   let n = 0;
-  for (const [k, v] of labels) {
-    n += UTF8.encode(k).length + UTF8.encode(v).length;
-  }
+  for (const [k, v] of labels) n += jsonStringBytes(k) + jsonStringBytes(v);
   return n;
 }
 
@@ -203,7 +201,7 @@ function findProblem(pb: GenerateRequestPb): SidecarError | null {
   if (bytes > L.labelBytes) {
     return invalid(
       "billing_labels",
-      `keys and values together must be at most ${L.labelBytes} bytes in UTF-8, got ${bytes}`,
+      `keys and values together must be at most ${L.labelBytes} bytes as JSON strings in UTF-8, got ${bytes}`,
     );
   }
   return null;

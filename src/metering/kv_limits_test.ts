@@ -4,11 +4,12 @@ import { REQUEST_LIMITS, validateRequest } from "../gateway/validate.ts";
 import type { GenerateRequestPb } from "../gateway/types.ts";
 import { KV_LIMITS, MAX_RECORD_BYTES, recordBytes } from "./kv_limits.ts";
 import { heavyLabels, testRecord } from "./test_support.ts";
+import { jsonStringBytes } from "../util/utf8.ts";
 
 /** The heaviest labels of one kind of character that validation allows. */
 function labelsOf(char: string): Record<string, string> {
   const L = REQUEST_LIMITS;
-  const bytesPerChar = new TextEncoder().encode(char).length;
+  const bytesPerChar = jsonStringBytes(char);
   const unitsPerChar = char.length;
   const labels: Record<string, string> = {};
   let left = L.labelBytes;
@@ -16,12 +17,12 @@ function labelsOf(char: string): Record<string, string> {
     const key = String(i).padStart(2, "0") +
       char.repeat(Math.floor((L.labelKeyChars - 2) / unitsPerChar));
     const room = Math.floor(
-      (left - new TextEncoder().encode(key).length) / bytesPerChar,
+      (left - jsonStringBytes(key)) / bytesPerChar,
     );
     const value = char.repeat(
       Math.max(0, Math.min(Math.floor(L.labelValueChars / unitsPerChar), room)),
     );
-    const used = new TextEncoder().encode(key + value).length;
+    const used = jsonStringBytes(key) + jsonStringBytes(value);
     if (used > left) break;
     labels[key] = value;
     left -= used;
@@ -41,7 +42,15 @@ function request(labels: Record<string, string>): GenerateRequestPb {
   } as unknown as GenerateRequestPb;
 }
 
-const KINDS = { ascii: "a", latin1: "é", cjk: "中", astral: "𝄞" };
+const KINDS = {
+  ascii: "a",
+  latin1: "é",
+  cjk: "中",
+  astral: "𝄞",
+  // JSON escapes these: a quote takes 2 bytes, a control character 6.
+  quote: '"',
+  control: "\x01",
+};
 
 for (const [name, char] of Object.entries(KINDS)) {
   Deno.test(`the heaviest valid ${name} labels make a record under the limit, and the estimate never undercounts`, () => {
@@ -62,14 +71,29 @@ for (const [name, char] of Object.entries(KINDS)) {
   });
 }
 
-Deno.test("validation refuses labels over 32 KiB in UTF-8, naming the limit", () => {
+Deno.test("validation refuses labels over 32 KiB as JSON strings in UTF-8, naming the limit", () => {
   const labels = heavyLabels();
   equal(validateRequest(request(labels)).ok, true, "exactly at the limit");
   const [first] = Object.keys(labels);
   labels[first] += "値";
   const result = validateRequest(request(labels));
   equal(result.ok, false);
-  ok(!result.ok && /32768 bytes in UTF-8/.test(result.error.message));
+  ok(!result.ok && /32768 bytes as JSON strings/.test(result.error.message));
+});
+
+Deno.test("labels of control characters are measured as JSON stores them, escaped", () => {
+  // 64 labels of 128 + 256 control characters: 24 KiB of UTF-8, but 143
+  // KiB once JSON escapes each one as \u0001.
+  const labels: Record<string, string> = {};
+  for (let i = 0; i < REQUEST_LIMITS.billingLabels; i++) {
+    labels[String(i).padStart(2, "0") + "\x01".repeat(126)] = "\x01".repeat(
+      256,
+    );
+  }
+  const result = validateRequest(request(labels));
+  equal(result.ok, false);
+  ok(!result.ok && result.error.message.includes("billing_labels"));
+  ok(!result.ok && /got 146816\b/.test(result.error.message));
 });
 
 Deno.test("the estimate covers small records with many short fields", () => {

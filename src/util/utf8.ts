@@ -30,3 +30,13 @@ export function utf8Length(s: string): number {
   }
   return n;
 }
+
+/**
+ * Bytes `s` takes inside a JSON string in UTF-8, as `JSON.stringify`
+ * escapes it (a control character becomes `\u0001`, six bytes), without
+ * the quotes. Usage records are stored and sent as JSON, so this is what a
+ * label costs them.
+ */
+export function jsonStringBytes(s: string): number {
+  return utf8Length(JSON.stringify(s)) - 2;
+}
