@@ -150,7 +150,12 @@ export class WorkerClient {
 
   #sweep(): void {
     const now = this.#clock.now();
-    expireWaits(this.#gens, now, this.#o);
+    expireWaits(
+      this.#gens,
+      now,
+      this.#o,
+      this.#link.state.state === "reloading",
+    );
     this.#link.checkReload(now);
     expireIdle(this.#gens, now, this.#o, this.#log);
     this.#gens.pump();

@@ -113,8 +113,14 @@ export class Generations {
   /** What the worker's new state `s` means for the waiting generations. */
   follow(s: WorkerState): void {
     switch (s.state) {
-      case "ready":
-        return this.pump();
+      case "ready": {
+        this.pump();
+        // The hold is over: requests still without a slot wait for one as
+        // any other would, from now.
+        const until = this.#o.clock.now() + this.#o.queueTimeoutMs;
+        for (const ex of this.waiting) if (ex.held) ex.waitUntil = until;
+        return;
+      }
       case "reloading": {
         const now = this.#o.clock.now();
         for (const ex of this.waiting) hold(ex, s, now, this.#o);

@@ -133,7 +133,6 @@ Deno.test("the ETA told to a held request is a whole number of ms within uint32,
     },
     etaMs: 2 ** 40,
     holdUntil: 10_000,
-    connected: true,
     message: "",
   };
   const limits = { reloadGraceMs: 1000, maxHoldMs: 10_000 };
@@ -169,5 +168,36 @@ Deno.test("a request refused because max_held_requests are held gets a whole-mil
     ok(!refused.ok);
     // 31 s of hold minus 0.3 ms, rounded up: the pushback is a uint32.
     equal(refused.error.retryAfterMs, 31_000);
+  });
+});
+
+Deno.test("held requests left without a slot when the worker is back wait queue_timeout from then, as a queue wait", () => {
+  const clock = new FakeClock();
+  return withClient({
+    clock,
+    welcome: { max_concurrency: 1 },
+    queueTimeoutMs: 5000,
+    reloadGraceMs: 1000,
+    maxHoldMs: 60_000,
+  }, async ({ client, peer, announceReload }) => {
+    // Held until 10 s + 1 s grace, had the reload gone on.
+    await announceReload({ eta_ms: 10_000 });
+    const a = new Recorder();
+    const b = new Recorder();
+    ok(client.submit(request("a"), a).ok);
+    ok(client.submit(request("b"), b).ok);
+
+    clock.advance(2000);
+    await peer.send({ type: "status", state: "ready", model_id: "m-2" });
+    equal((await peer.expect("generate")).id, "a");
+    equal(client.waiting, 1, "b waits for a's slot");
+
+    clock.advance(4750); // t = 6750: inside b's queue wait
+    ok(!b.events.some(isError), "b still waits");
+    clock.advance(500); // t = 7250: 5 s after the worker came back
+    const e = b.events.find(isError);
+    ok(e, "b gave up its queue wait, long before the hold would have ended");
+    equal(e.error.kind, "worker_overloaded");
+    match(e.error.message, /no worker slot became free within 5000 ms/);
   });
 });

@@ -29,11 +29,15 @@ export interface SweepLimits extends HoldLimits {
   requestIdleTimeoutMs: number;
 }
 
-/** Fails the waiting generations whose wait ended by `now`. */
+/**
+ * Fails the waiting generations whose wait ended by `now`: as a hold that
+ * overran while the worker is `reloading`, as a queue timeout otherwise.
+ */
 export function expireWaits(
   gens: Generations,
   now: number,
   limits: SweepLimits,
+  reloading: boolean,
 ): void {
   if (!gens.waiting.some((ex) => ex.waitUntil <= now)) return;
   const expired = gens.waiting.filter((ex) => ex.waitUntil <= now);
@@ -41,7 +45,9 @@ export function expireWaits(
   for (const ex of expired) {
     ex.phase = "ended";
     ex.sink.fail(
-      ex.held ? holdOver(ex, limits) : queueTimedOut(limits.queueTimeoutMs),
+      ex.held && reloading
+        ? holdOver(ex, limits)
+        : queueTimedOut(limits.queueTimeoutMs),
     );
   }
 }
