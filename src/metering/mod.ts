@@ -147,12 +147,22 @@ export async function startMeter(
     "Usage records set aside after a refusal.",
     () => queue.asideCount,
   );
+  let lastAgeS = 0;
   metrics.gaugeFrom(
     "sidecar_usage_queue_oldest_age_seconds",
     "Age of the oldest usage record waiting for the billing endpoint, from its generation's start (0 when none).",
     async () => {
-      const oldest = queue.depth > 0 ? await queue.oldestMs() : null;
-      return oldest === null ? 0 : Math.max(0, (Date.now() - oldest) / 1000);
+      // One failing gauge would fail the whole scrape: a queue that cannot
+      // be read (closed at shutdown, a KV error) keeps the last age.
+      try {
+        const oldest = queue.depth > 0 ? await queue.oldestMs() : null;
+        lastAgeS = oldest === null
+          ? 0
+          : Math.max(0, (Date.now() - oldest) / 1000);
+      } catch (err) {
+        log.warn("usage queue age could not be read", { error: err });
+      }
+      return lastAgeS;
     },
   );
 

@@ -210,3 +210,24 @@ Deno.test("a full queue is counted again while full, so records drained elsewher
   equal(meter.admit(), null);
   await meter.shutdown(100);
 });
+
+Deno.test("a usage queue that cannot be read keeps its age gauge, and the scrape still renders", async () => {
+  const lines: string[] = [];
+  const log = createLogger({ sink: (l) => lines.push(l) });
+  const metrics = new SidecarMetrics();
+  const meter = await startMeter(config(await tempDbPath()), metrics, log);
+  await meter.record(outcome({ recordId: uuidv7(Date.now() - 5000) }));
+  const age = await counter(metrics, "sidecar_usage_queue_oldest_age_seconds");
+  ok(age >= 5, `age ${age}`);
+  // Shutdown closes the queue; a scrape may still come in after it.
+  await meter.shutdown(1000);
+  const after = await counter(
+    metrics,
+    "sidecar_usage_queue_oldest_age_seconds",
+  );
+  equal(after, age);
+  ok(
+    lines.some((l) => l.includes("usage queue age could not be read")),
+    lines.join("\n"),
+  );
+});
