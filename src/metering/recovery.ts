@@ -79,9 +79,12 @@ export async function recoverCheckpoints(
   }
   if (entries.length === 0) return result;
 
+  // Which checkpoints have a pending record already: a set as large as
+  // the checkpoints (bounded by generations in flight), not the queue.
+  const ids = new Set(entries.map((e) => keyId(e.key)));
   const pending = new Set<string>();
   for await (const chunk of listChunks(kv)) {
-    for (const r of chunk.records) pending.add(r.id);
+    for (const r of chunk.records) if (ids.has(r.id)) pending.add(r.id);
   }
   const fresh: Entry[] = [];
   for (const e of entries) {
