@@ -128,7 +128,12 @@ class Generation:
             if type(text) is not str:
                 raise TypeError(f"chunk text must be str, not {type(text).__name__}")
             # One token per chunk is the usual case: encode it inline.
-            if type(ids) is tuple and len(ids) == 1 and type(ids[0]) is int and 0 <= ids[0] <= MAX_TOKEN_ID:
+            if (
+                (type(ids) is tuple or type(ids) is list)
+                and len(ids) == 1
+                and type(ids[0]) is int
+                and 0 <= ids[0] <= MAX_TOKEN_ID
+            ):
                 ids_json = "[" + str(ids[0]) + "]"
                 count = 1
             else:

@@ -123,11 +123,6 @@ export class AtomicBudget {
     };
   }
 
-  /** True when nothing was added yet. */
-  get empty(): boolean {
-    return this.#used.checks === 0 && this.#used.mutations === 0;
-  }
-
   /** Whether `cost` still fits beside what was added. */
   fits(cost: AtomicCost): boolean {
     const u = this.#used;

@@ -84,11 +84,6 @@ export class WorkerConnection {
     return this.#closed !== null;
   }
 
-  /** Bytes queued but not yet written to the socket. */
-  get queuedBytes(): number {
-    return this.#queuedBytes;
-  }
-
   /**
    * Runs the read loop, calling `onMessage` for each message, until the
    * connection ends; then calls `onClose` once with the reason.

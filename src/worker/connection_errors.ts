@@ -6,8 +6,6 @@
  * @module
  */
 
-import type { FrameErrorKind } from "./framing.ts";
-
 /** Why a connection ended, in a small fixed set usable as a metric label. */
 export type CloseKind =
   | "refused" // nothing listens on the socket, or it does not exist
@@ -20,8 +18,6 @@ export type CloseKind =
 
 /** Options of {@link WorkerConnectionError}. */
 export interface WorkerConnectionErrorOptions {
-  /** For `protocol`: the frame-level failure kind. */
-  frameKind?: FrameErrorKind;
   /**
    * Send the worker an `error` frame with this message before closing.
    * Default: true for `protocol` (the sidecar found the error), false
@@ -33,8 +29,6 @@ export interface WorkerConnectionErrorOptions {
 /** The error a connection ends with. */
 export class WorkerConnectionError extends Error {
   readonly kind: CloseKind;
-  /** For `protocol`: the frame-level failure kind. */
-  readonly frameKind?: FrameErrorKind;
   /** Whether the worker is told why before the connection closes. */
   readonly notifyWorker: boolean;
 
@@ -46,7 +40,6 @@ export class WorkerConnectionError extends Error {
     super(message);
     this.name = "WorkerConnectionError";
     this.kind = kind;
-    this.frameKind = options.frameKind;
     this.notifyWorker = options.notifyWorker ?? kind === "protocol";
   }
 }

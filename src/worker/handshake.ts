@@ -125,7 +125,8 @@ async function connectBy(
   } catch (err) {
     if (err instanceof Deno.errors.TimedOut) {
       // Should the connection still come, nobody wants it.
-      options.abandoned?.add(connecting.then(shut, () => {}));
+      const late = connecting.then(shut, () => {});
+      options.abandoned?.add(late);
       throw new WorkerConnectionError(
         "handshake",
         `worker did not accept the connection within ${options.handshakeTimeoutMs} ms`,

@@ -36,7 +36,6 @@ export function reloadingState(
     info: WorkerInfo;
     etaMs: number;
     message: string;
-    connected: boolean;
   },
   limits: HoldLimits,
 ): Reloading {
@@ -48,7 +47,6 @@ export function reloadingState(
     info: announced.info,
     etaMs,
     holdUntil: now + holdMs,
-    connected: announced.connected,
     message: announced.message,
   };
 }

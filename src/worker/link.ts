@@ -117,7 +117,7 @@ export class WorkerLink {
   /** Gives up on a reload that overran its hold with no worker there. */
   checkReload(now: number): void {
     const s = this.#state;
-    if (s.state === "reloading" && !s.connected && now >= s.holdUntil) {
+    if (s.state === "reloading" && this.#conn === null && now >= s.holdUntil) {
       this.#disconnected(
         new WorkerConnectionError(
           "eof",
@@ -236,9 +236,8 @@ export class WorkerLink {
     message = "",
   ): void {
     const now = this.#clock.now();
-    const connected = this.#conn !== null;
     const next: WorkerState = announced === "reloading"
-      ? reloadingState({ now, info, etaMs, message, connected }, this.#o)
+      ? reloadingState({ now, info, etaMs, message }, this.#o)
       : { state: announced, since: now, info };
     this.#setState(next);
     this.#gens.follow(next);
@@ -269,7 +268,6 @@ export class WorkerLink {
     if (s.state === "reloading" && now < s.holdUntil) {
       // The worker is restarting to load a model: poll for the new process
       // instead of backing off, and keep holding.
-      if (s.connected) this.#setState({ ...s, connected: false });
       this.#reconnect.retryIn(RELOAD_POLL_MS);
       return;
     }

@@ -90,16 +90,12 @@ export function errorFrame(
 export function nextMessage(decoder: FrameDecoder): WorkerMessage | null {
   const frame = decoder.next();
   if (!frame.ok) {
-    throw new WorkerConnectionError("protocol", frame.message, {
-      frameKind: frame.kind,
-    });
+    throw new WorkerConnectionError("protocol", frame.message);
   }
   if (frame.payload === null) return null;
   const msg = decodeWorkerMessage(frame.payload);
   if (!msg.ok) {
-    throw new WorkerConnectionError("protocol", msg.message, {
-      frameKind: msg.kind,
-    });
+    throw new WorkerConnectionError("protocol", msg.message);
   }
   return msg.value;
 }

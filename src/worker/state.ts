@@ -58,7 +58,6 @@ export type WorkerState =
      * held request gives up by then, or earlier at its own max_hold cap.
      */
     holdUntil: number;
-    connected: boolean;
     message: string;
   }
   | { state: "draining"; since: number; info: WorkerInfo }
@@ -93,11 +92,6 @@ export function statusLabel(s: WorkerState): StatusLabel {
     case "stopped":
       return "disconnected";
   }
-}
-
-/** True when new generations can be sent to the worker. */
-export function acceptsWork(s: WorkerState): boolean {
-  return s.state === "ready";
 }
 
 /** How a state change is logged: a level and the fields of the line. */
