@@ -38,6 +38,11 @@ export const ENV_VARS: readonly string[] = [
  * its own it also shrinks the young generation, and the garbage collector
  * then took a quarter of the CPU; a 2 MB semi-space restores throughput and
  * lowers the RSS under 1,000 open streams. Changed here and nowhere else.
+ *
+ * TODO(#5): with these, 1,000 open streams take 125 to 128 MiB, on the
+ * 128 MiB line, and the garbage collector still takes 28% of the CPU at
+ * saturation with short generations; a larger semi-space trades one for
+ * the other (8 MB: about 5,100/s, 135 MiB).
  */
 export const V8_FLAGS: readonly string[] = [
   "--max-old-space-size=64",
