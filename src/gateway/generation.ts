@@ -97,6 +97,8 @@ export class Generation implements GenerationSink, LedgerOwner {
   #slot: LedgerSlot;
   #handle: GenerationHandle | null = null;
   #started = false;
+  // The final record was handed to the meter: no checkpoint after it.
+  #recorded = false;
   #ended = false;
   #promptTokens = 0;
   /** Token ids handed to the stream. */
@@ -135,10 +137,11 @@ export class Generation implements GenerationSink, LedgerOwner {
 
   /**
    * What it has used so far, for the meter's in-flight checkpoints; null
-   * before it may have reached the worker.
+   * before it may have reached the worker, and once its final record was
+   * handed to the meter.
    */
   partialUsage(): PartialUsage | null {
-    if (!this.#started) return null;
+    if (!this.#started || this.#recorded) return null;
     return {
       recordId: this.recordId,
       requestId: this.requestId,
@@ -368,6 +371,7 @@ export class Generation implements GenerationSink, LedgerOwner {
     // The outcome is recorded before the caller sees the end, so that a
     // generation the gateway saw complete is always metered.
     let pending: Promise<void> | void;
+    this.#recorded = true;
     try {
       pending = this.#deps.record(outcome);
     } catch (err) {

@@ -17,7 +17,11 @@ import type { UsageQueue } from "./queue.ts";
 
 /** A generation in flight, as the checkpointer sees it. */
 export interface LiveGeneration {
-  /** Its usage so far; null while it cannot have used anything yet. */
+  /**
+   * Its usage so far; null while it cannot have used anything yet, and
+   * from the moment its final record is handed to the queue (a checkpoint
+   * taken later would be committed after the record and outlive it).
+   */
   partialUsage(): PartialUsage | null;
 }
 
@@ -48,8 +52,6 @@ export class Checkpointer {
   #stopped = false;
   // What was last written per record id, to skip generations unchanged.
   #written = new Map<string, string>();
-  // Ids whose final record went to the queue: never checkpointed again.
-  #finished = new Set<string>();
 
   constructor(options: CheckpointerOptions) {
     if (!(options.intervalMs > 0)) {
@@ -64,16 +66,6 @@ export class Checkpointer {
   /** Starts checkpointing every `intervalMs`. */
   start(): void {
     this.#schedule(this.#o.intervalMs);
-  }
-
-  /**
-   * Marks a generation's final record as handed to the queue. Call it
-   * before appending the record: a checkpoint taken later would otherwise
-   * be committed after the record and outlive it.
-   */
-  finished(recordId: string): void {
-    this.#finished.add(recordId);
-    this.#written.delete(recordId);
   }
 
   /** Stops the timer and waits for a checkpoint in progress. */
@@ -115,7 +107,6 @@ export class Checkpointer {
       const u = g.partialUsage();
       if (u === null) continue;
       live.add(u.recordId);
-      if (this.#finished.has(u.recordId)) continue;
       const seen = `${u.promptTokens}/${u.completionTokens}/${u.modelId}`;
       if (this.#written.get(u.recordId) === seen) continue;
       this.#written.set(u.recordId, seen);
@@ -123,9 +114,6 @@ export class Checkpointer {
     }
     for (const id of this.#written.keys()) {
       if (!live.has(id)) this.#written.delete(id);
-    }
-    for (const id of this.#finished) {
-      if (!live.has(id)) this.#finished.delete(id);
     }
     if (records.length === 0) return 0;
 

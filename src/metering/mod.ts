@@ -182,7 +182,6 @@ export async function startMeter(
       return admission.refusing;
     },
     async record(outcome) {
-      checkpointer?.finished(outcome.recordId);
       const record = usageRecord(outcome, instance);
       try {
         await queue.append(record);
