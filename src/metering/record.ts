@@ -8,6 +8,7 @@
  */
 
 import type { GenerationOutcome } from "../gateway/generation.ts";
+import { isoUtc } from "../util/iso_time.ts";
 
 /** Version of the record's shape, sent with every record. */
 export const USAGE_SCHEMA = "cy.sidecar.usage.v1";
@@ -81,8 +82,8 @@ function buildRecord(
     completion_tokens: usage.completionTokens,
     worker_completion_tokens: end.workerCompletionTokens,
     finish_reason: end.finishReason,
-    started_at: new Date(usage.startedAtMs).toISOString(),
-    ended_at: new Date(end.endedAtMs).toISOString(),
+    started_at: isoUtc(usage.startedAtMs),
+    ended_at: isoUtc(end.endedAtMs),
     sidecar_instance: instance,
   };
 }
