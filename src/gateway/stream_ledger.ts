@@ -262,6 +262,18 @@ export class StreamLedger implements TurnWriter, StreamSink {
   }
 
   /**
+   * A write to the stream threw: it is given up and reset, so that the
+   * gateway sees the stream fail (and the call is cancelled, which stops
+   * its generations) rather than end without their `done`.
+   */
+  writeFailed(): void {
+    this.abandon();
+    try {
+      this.#t?.stream.close(RST_CANCEL);
+    } catch { /* already closing */ }
+  }
+
+  /**
    * The stream is gone: nothing more will be sent. Slots waiting for
    * delivery are called now, with what was delivered before.
    */

@@ -278,3 +278,17 @@ Deno.test("without a tapped stream, events go through call.write and count when 
     2,
   ]);
 });
+
+Deno.test("a write that throws resets the stream; what it held is not delivered", async () => {
+  const w = new FakeWire();
+  const ledger = ledgerOn(w);
+  const gen = new Owner(ledger);
+  w.stream.write = () => {
+    throw new Error("write after end");
+  };
+  ledger.write(chunk(2), gen.slot, 2);
+  await turn();
+  equal(w.resetCode, 8, "RST_STREAM CANCEL");
+  equal(ledger.abandoned, true);
+  equal(gen.tokens, 0);
+});

@@ -90,10 +90,10 @@ function socketOf(session: object): Corkable | null {
 /** Something with events to hand to its stream at the end of the turn. */
 export interface TurnWriter {
   readonly socket: Corkable | null;
-  /** Writes what the turn queued; may throw, which abandons only it. */
+  /** Writes what the turn queued; may throw, which fails only it. */
   flush(): void;
   /** Gives up on the stream after `flush` threw. */
-  abandon(): void;
+  writeFailed(): void;
 }
 
 let dirty: TurnWriter[] = [];
@@ -124,8 +124,8 @@ function flushTurn(): void {
     try {
       w.flush();
     } catch {
-      // A stream that cannot take a write is gone; the others still go.
-      w.abandon();
+      // A stream that cannot take a write is given up; the others still go.
+      w.writeFailed();
     }
   }
   // node:http2 serializes the frames of a turn's writes in a nextTick of
