@@ -141,3 +141,30 @@ Deno.test("the README's steps name what they need, and what they name exists", a
   match(not, /TLS/);
   match(not, /gateway/);
 });
+
+Deno.test("every relative link in README.md, python/README.md and docs/ points to a file that exists", async () => {
+  const pages = [
+    "README.md",
+    "python/README.md",
+    ...[...Deno.readDirSync(`${ROOT}docs`)].filter((e) =>
+      e.name.endsWith(".md")
+    )
+      .map((e) => `docs/${e.name}`),
+  ];
+  const missing: string[] = [];
+  for (const page of pages) {
+    const text = await Deno.readTextFile(`${ROOT}${page}`);
+    const dir = page.includes("/")
+      ? page.slice(0, page.lastIndexOf("/") + 1)
+      : "";
+    for (const { path } of links(text)) {
+      const target = new URL(path, `file://${ROOT}${dir}`).pathname;
+      try {
+        await Deno.stat(target);
+      } catch {
+        missing.push(`${page} -> ${path}`);
+      }
+    }
+  }
+  deepStrictEqual(missing, []);
+});
