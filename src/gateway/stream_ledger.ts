@@ -42,6 +42,7 @@ import {
   type TurnWriter,
 } from "./stream_transport.ts";
 import type { GenerateEventPb } from "./types.ts";
+import { concatBytes } from "../util/bytes.ts";
 
 // A stream blocks above 16 KiB unsent (about 300 token events) and
 // resumes below 4 KiB: small enough that 1,000 stalled streams hold 16 MiB,
@@ -96,16 +97,6 @@ interface Entry {
   tokens: number;
   /** Offset just past the entry's last byte, in bytes written. */
   end: number;
-}
-
-function concat(parts: Uint8Array[], bytes: number): Uint8Array {
-  const out = new Uint8Array(bytes);
-  let at = 0;
-  for (const p of parts) {
-    out.set(p, at);
-    at += p.length;
-  }
-  return out;
 }
 
 let toSettle: StreamLedger[] = [];
@@ -307,7 +298,7 @@ export class StreamLedger implements TurnWriter, StreamSink {
       this.#call.sendMetadata(new grpc.Metadata());
     }
     this.#written += bytes;
-    s.write(parts.length === 1 ? parts[0] : concat(parts, bytes));
+    s.write(parts.length === 1 ? parts[0] : concatBytes(parts, bytes));
   }
 
   #abandon(): void {

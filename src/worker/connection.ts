@@ -27,6 +27,7 @@ import {
   withTimeout,
   writeAll,
 } from "./socket_io.ts";
+import { concatBytes } from "../util/bytes.ts";
 
 export {
   type CloseKind,
@@ -202,7 +203,7 @@ export class WorkerConnection {
         this.#queuedBytes = 0;
         await writeAll(
           this.#conn,
-          frames.length === 1 ? frames[0] : concat(frames, total),
+          frames.length === 1 ? frames[0] : concatBytes(frames, total),
         );
       }
     } catch (err) {
@@ -251,14 +252,4 @@ export class WorkerConnection {
       this.#decoder.commit(n);
     }
   }
-}
-
-function concat(parts: Uint8Array[], total: number): Uint8Array {
-  const out = new Uint8Array(total);
-  let offset = 0;
-  for (const p of parts) {
-    out.set(p, offset);
-    offset += p.length;
-  }
-  return out;
 }
