@@ -138,12 +138,26 @@ export class Admission {
     if (this.#full()) this.#scheduleRecount(this.#recountMs);
   }
 
-  /** Stops the recount timer and waits for a count in progress. */
-  async stop(): Promise<void> {
+  /**
+   * Stops the recount timer and waits for a count in progress, for at most
+   * `maxWaitMs`: a count lists the whole queue, and shutdown has a deadline.
+   * A count still running then fails quietly once the queue is closed.
+   */
+  async stop(maxWaitMs = Infinity): Promise<void> {
     this.#stopped = true;
     if (this.#timer !== null) this.#o.clock.clearTimeout(this.#timer);
     this.#timer = null;
-    await this.#counting;
+    const counting = this.#counting;
+    if (counting === null) return;
+    if (!Number.isFinite(maxWaitMs)) return await counting;
+    let timer: TimerId | null = null;
+    await Promise.race([
+      counting,
+      new Promise<void>((resolve) => {
+        timer = this.#o.clock.setTimeout(resolve, maxWaitMs);
+      }),
+    ]);
+    if (timer !== null) this.#o.clock.clearTimeout(timer);
   }
 
   #full(): boolean {

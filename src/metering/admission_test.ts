@@ -130,3 +130,18 @@ Deno.test("stop() ends the recount timer and waits for a count in progress", asy
   admission.queueChanged();
   equal(clock.pending, 0);
 });
+
+Deno.test("stop(ms) waits for a count in progress for at most ms", async () => {
+  const { clock, queue, admission } = setUp(5);
+  clock.advance(1000);
+  equal(queue.counts, 1);
+  let stopped = false;
+  const stopping = admission.stop(500).then(() => (stopped = true));
+  await turn(1);
+  equal(stopped, false);
+  clock.advance(500);
+  await stopping;
+  equal(stopped, true, "stop returned with the count still running");
+  await queue.endCount();
+  equal(clock.pending, 0);
+});

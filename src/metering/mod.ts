@@ -201,7 +201,7 @@ export async function startMeter(
     async shutdown(flushTimeoutMs) {
       // One deadline for all of it, so the shutdown fits the pod's grace.
       const until = clock.now() + flushTimeoutMs;
-      await admission.stop();
+      await admission.stop(flushTimeoutMs);
       await checkpointer?.stop();
       if (reporter) {
         await reporter.stop();
