@@ -42,6 +42,19 @@ function spyOnAtomics(
   };
 }
 
+/** Opens the queue at `path` (running recovery) with {@link spyOnAtomics} installed. */
+async function openSpied(
+  path: string,
+  throwIf?: (deletedKeys: Deno.KvKey[]) => boolean,
+): Promise<{ queue: UsageQueue; commits: number[] }> {
+  const spy = spyOnAtomics(throwIf);
+  try {
+    return { queue: await UsageQueue.open(path), commits: spy.commits };
+  } finally {
+    spy.restore();
+  }
+}
+
 /** A database holding `n` checkpoints of a process that died. */
 async function crashedWith(
   n: number,
@@ -70,13 +83,7 @@ async function crashedWith(
 Deno.test("start-up recovery turns 300 checkpoints into records, within Deno KV's 100 checks per atomic operation", async () => {
   const { path, records } = await crashedWith(300);
 
-  const spy = spyOnAtomics();
-  let queue: UsageQueue;
-  try {
-    queue = await UsageQueue.open(path);
-  } finally {
-    spy.restore();
-  }
+  const { queue, commits } = await openSpied(path);
   equal(queue.recovered, 300);
   equal(queue.unrecovered, 0);
   equal(queue.depth, 300);
@@ -86,9 +93,9 @@ Deno.test("start-up recovery turns 300 checkpoints into records, within Deno KV'
     pending.map((r) => [r.id, r.completion_tokens]),
     records.map((r) => [r.id, r.completion_tokens]),
   );
-  ok(spy.commits.every((checks) => checks <= KV_LIMITS.checksPerAtomic));
+  ok(commits.every((checks) => checks <= KV_LIMITS.checksPerAtomic));
   // Chunks, not one operation per checkpoint.
-  equal(spy.commits.length, Math.ceil(300 / RECOVER_PER_OP));
+  equal(commits.length, Math.ceil(300 / RECOVER_PER_OP));
   await queue.close();
 });
 
@@ -96,17 +103,11 @@ Deno.test("checkpoints near the size limit are recovered in chunks sized in byte
   // ~55 KB each: 33 of them in one operation would overflow Deno KV's
   // 800 KiB of keys and values.
   const { path } = await crashedWith(40, { blob: "x".repeat(55_000) });
-  const spy = spyOnAtomics();
-  let queue: UsageQueue;
-  try {
-    queue = await UsageQueue.open(path);
-  } finally {
-    spy.restore();
-  }
+  const { queue, commits } = await openSpied(path);
   equal(queue.recovered, 40);
   equal(queue.depth, 40);
   // Had a chunk failed, its checkpoints would have been retried alone.
-  ok(spy.commits.length > 1 && spy.commits.length < 10, `${spy.commits}`);
+  ok(commits.length > 1 && commits.length < 10, `${commits}`);
   await queue.close();
 });
 
@@ -116,15 +117,10 @@ Deno.test("a recovery commit that throws is retried one by one; a checkpoint tha
 
   // Any operation that moves `bad` (deletes its checkpoint) throws, alone
   // or not.
-  const spy = spyOnAtomics((keys) =>
-    keys.some((k) => k[1] === INFLIGHT[1] && k[2] === bad)
+  const { queue } = await openSpied(
+    path,
+    (keys) => keys.some((k) => k[1] === INFLIGHT[1] && k[2] === bad),
   );
-  let queue: UsageQueue;
-  try {
-    queue = await UsageQueue.open(path);
-  } finally {
-    spy.restore();
-  }
   equal(queue.recovered, 49);
   equal(queue.unrecovered, 1);
   equal(queue.depth, 49);
