@@ -92,8 +92,7 @@ def make_servicer(pb: ModuleType, pb_grpc: ModuleType, options: argparse.Namespa
 
             loop = asyncio.get_running_loop()
             # The simulator's schedule: tokens due at fixed times.
-            first_due = loop.time() + plan.ttft_ms / 1000
-            interval = plan.itl_ms / 1000
+            first_due, interval = plan.clock(loop.time())
             for i in range(length):
                 delay = first_due + i * interval - loop.time()
                 await asyncio.sleep(delay if delay > 0 else 0)

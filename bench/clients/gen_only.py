@@ -31,8 +31,7 @@ async def generation(plan: Plan, text: str, stamp: bool, sink: list) -> None:
     length, _ = plan.length(0)
     stream = token_stream(text, 0)
     loop = asyncio.get_running_loop()
-    first_due = loop.time() + plan.ttft_ms / 1000
-    interval = plan.itl_ms / 1000
+    first_due, interval = plan.clock(loop.time())
     for i in range(length):
         delay = first_due + i * interval - loop.time()
         await asyncio.sleep(delay if delay > 0 else 0)

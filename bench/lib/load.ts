@@ -21,6 +21,11 @@ export interface LoadSpec {
   tokens: number;
   /** Time between tokens, in ms (0: as fast as the worker goes). */
   itlMs: number;
+  /**
+   * The simulator's token schedule: each generation on its own clock (the
+   * default), or every generation on one decode-step grid (`batched`).
+   */
+  schedule?: "own" | "batched";
   /** Read each chunk's CLOCK_MONOTONIC stamp and report token latency. */
   stamp?: boolean;
   /** HTTP/2 connections (gRPC runs only); 1 by default, like one channel. */
@@ -79,7 +84,8 @@ export interface Measured {
 export function promptFor(spec: LoadSpec): string {
   // The first token comes one interval after the request, like the rest:
   // each stream then carries a steady 1000 / itlMs tokens per second.
-  return `bench [[sim tokens=${spec.tokens} ttft_ms=${spec.itlMs} itl_ms=${spec.itlMs}]]`;
+  const schedule = spec.schedule === "batched" ? " schedule=batched" : "";
+  return `bench [[sim tokens=${spec.tokens} ttft_ms=${spec.itlMs} itl_ms=${spec.itlMs}${schedule}]]`;
 }
 
 // The most generations a run may start: far above what the fastest run

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 import time
@@ -86,6 +87,40 @@ def test_stamp_makes_each_chunk_a_monotonic_timestamp(sock_dir):
         sim.stop()
 
 
+def test_the_batched_schedule_sends_each_step_on_the_shared_grid(sock_dir):
+    # Steps 100 ms apart; generations started 30 ms apart still send their
+    # tokens on the same step boundaries (loop time is CLOCK_MONOTONIC).
+    step_ns = 100_000_000
+    sim = SimProcess(
+        sock_dir, ["--ttft-ms", "0", "--itl-ms", "100", "--tokens", "3", "--stamp", "--schedule", "batched"]
+    )
+
+    async def body():
+        sidecar = await FakeSidecar.open(sim.socket_path)
+        sidecar.generate("a")
+        await asyncio.sleep(0.03)
+        sidecar.generate("b")
+        chunks = {"a": [], "b": []}
+        ended = set()
+        while len(ended) < 2:
+            message = await sidecar.recv(2.0)
+            if message["type"] == "chunk":
+                chunks[message["id"]].append(message)
+            elif message["type"] == "done":
+                ended.add(message["id"])
+        assert [len(c) for c in chunks.values()] == [3, 3]
+        stamps = [int(c["text"][:-1]) for c in chunks["a"] + chunks["b"]]
+        # Each token goes out just after a boundary, never mid-step.
+        lateness = sorted(s % step_ns for s in stamps)
+        assert lateness[-1] < step_ns // 3, lateness
+        await sidecar.close()
+
+    try:
+        run(body())
+    finally:
+        sim.stop()
+
+
 def test_help_lists_the_options():
     result = subprocess.run(
         [sys.executable, "-m", "cy_worker.sim", "--help"],
@@ -99,6 +134,7 @@ def test_help_lists_the_options():
         "--socket",
         "--ttft-ms",
         "--itl-ms",
+        "--schedule",
         "--tokens",
         "--stamp",
         "--fault",

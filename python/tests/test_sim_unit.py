@@ -60,11 +60,29 @@ def test_fault_none_and_an_empty_directive_are_accepted():
         "[[sim colour=red]]",
         "[[sim tokens]]",
         "[[sim code=Bad!]]",
+        "[[sim schedule=lockstep]]",
     ],
 )
 def test_a_malformed_directive_is_described(directive):
     with pytest.raises(ValueError):
         Plan().for_prompt(directive)
+
+
+def test_the_own_schedule_starts_from_each_request():
+    assert Plan(ttft_ms=30, itl_ms=20).clock(100.005) == pytest.approx((100.035, 0.02))
+
+
+def test_the_batched_schedule_puts_every_generation_on_one_step_grid():
+    plan, _ = Plan(ttft_ms=30, itl_ms=20).for_prompt("[[sim schedule=batched]]")
+    assert plan.schedule == "batched"
+    # Requests 7 ms apart share the step at 100.04 s, the first after their ttft.
+    for arrival in (100.003, 100.010):
+        first, interval = plan.clock(arrival)
+        assert (first, interval) == pytest.approx((100.04, 0.02))
+    # Already on a boundary: no extra step.
+    assert plan.clock(100.0)[0] == pytest.approx(100.04)
+    # No pause between tokens: nothing to align to.
+    assert Plan(itl_ms=0, schedule="batched").clock(5.5) == pytest.approx((5.55, 0.0))
 
 
 def test_max_tokens_caps_the_length_and_says_so():

@@ -26,11 +26,21 @@ command-line defaults for that request::
     fault=KIND    inject a fault (below), or "none"      --fault
     after=N       tokens sent before the fault fires     --fault-after-tokens
     code=CODE     error code for fault=error             --fault-code
+    schedule=S    own or batched (below)                 --schedule
 
 For example `tell me a story [[sim tokens=5 fault=exit after=3 itl_ms=0]]`.
 The first directive applies; directives are removed from the text before
 it is counted or used as a seed. A malformed directive (unknown key, bad
 value) fails the generation with error code `invalid_argument`.
+
+Schedules
+---------
+`own` (the default): each generation keeps its own clock, the first token
+`ttft_ms` after the request and then one every `itl_ms`. `batched`: tokens
+fall on one grid of steps `itl_ms` apart, shared by every generation with
+the same `itl_ms`, as a continuously batching engine emits one token for
+every running sequence per decode step; the first token waits for the first
+step boundary after `ttft_ms`.
 
 Faults
 ------

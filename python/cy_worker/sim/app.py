@@ -48,6 +48,7 @@ class Simulator:
             fault=None if options.fault == "none" else options.fault,
             after=options.fault_after_tokens,
             code=options.fault_code,
+            schedule=options.schedule,
         )
         self.worker = Worker(
             self.generate,
@@ -77,8 +78,7 @@ class Simulator:
         loop = asyncio.get_running_loop()
         # Tokens are due on a fixed schedule, as a model decoding steadily
         # would produce them, however long each send took.
-        first_due = loop.time() + plan.ttft_ms / 1000
-        interval = plan.itl_ms / 1000
+        first_due, interval = plan.clock(loop.time())
         try:
             for i in range(length):
                 if i == fire_at:

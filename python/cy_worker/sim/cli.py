@@ -11,7 +11,7 @@ from typing import List, Optional
 from ..protocol import DEFAULT_MAX_FRAME_BYTES
 from ..worker import DEFAULT_SOCKET_PATH
 from .app import Simulator
-from .directive import CODE_PATTERN, FAULT_KINDS
+from .directive import CODE_PATTERN, FAULT_KINDS, SCHEDULES
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
@@ -35,6 +35,12 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     )
     add("--ttft-ms", type=float, default=50.0, help="time to first token")
     add("--itl-ms", type=float, default=20.0, help="time between tokens")
+    add(
+        "--schedule",
+        choices=SCHEDULES,
+        default="own",
+        help="own: each generation keeps its own clock; batched: tokens on a shared decode-step grid",
+    )
     add(
         "--tokens",
         type=int,

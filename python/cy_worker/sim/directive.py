@@ -5,6 +5,7 @@ The grammar is documented in the package docstring (cy_worker/sim).
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Any, Callable, Dict, Optional, Tuple
 
@@ -46,6 +47,15 @@ def _fault(value: str) -> Optional[str]:
     return value
 
 
+SCHEDULES = ("own", "batched")
+
+
+def _schedule(value: str) -> str:
+    if value not in SCHEDULES:
+        raise ValueError
+    return value
+
+
 def _code(value: str) -> str:
     if not CODE_PATTERN.match(value):
         raise ValueError
@@ -60,13 +70,14 @@ _KEYS: Dict[str, Tuple[str, Callable[[str], Any], str]] = {
     "fault": ("fault", _fault, "none or one of " + ", ".join(FAULT_KINDS)),
     "after": ("after", _count, "an integer >= 0"),
     "code": ("code", _code, "a lower-case error code such as internal"),
+    "schedule": ("schedule", _schedule, "own or batched"),
 }
 
 
 class Plan:
     """How the simulator answers one request."""
 
-    __slots__ = ("tokens", "ttft_ms", "itl_ms", "fault", "after", "code")
+    __slots__ = ("tokens", "ttft_ms", "itl_ms", "fault", "after", "code", "schedule")
 
     def __init__(
         self,
@@ -76,6 +87,7 @@ class Plan:
         fault: Optional[str] = None,
         after: int = 0,
         code: str = "internal",
+        schedule: str = "own",
     ) -> None:
         self.tokens = tokens
         self.ttft_ms = ttft_ms
@@ -83,6 +95,7 @@ class Plan:
         self.fault = fault
         self.after = after
         self.code = code
+        self.schedule = schedule
 
     def copy(self) -> "Plan":
         return Plan(*(getattr(self, name) for name in self.__slots__))
@@ -106,6 +119,22 @@ class Plan:
             except ValueError:
                 raise ValueError(f"{key} must be {expected}, got {value!r}") from None
         return plan, _DIRECTIVE.sub(" ", text)
+
+    def clock(self, now: float) -> Tuple[float, float]:
+        """When the first token is due and the time between tokens, in seconds.
+
+        `now` is the event loop's clock when the request arrived. With the
+        `own` schedule each generation keeps its own clock from its arrival.
+        With `batched`, tokens fall on one grid shared by every generation
+        with the same `itl_ms`, the way a continuously batching engine emits
+        one token for every running sequence per decode step: the first
+        token waits for the first step boundary after `ttft_ms`.
+        """
+        first = now + self.ttft_ms / 1000
+        interval = self.itl_ms / 1000
+        if self.schedule == "batched" and interval > 0:
+            first = math.ceil(first / interval) * interval
+        return first, interval
 
     def length(self, max_tokens: int) -> Tuple[int, str]:
         """Output length and finish reason, given the request's max_tokens."""
