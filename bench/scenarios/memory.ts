@@ -8,6 +8,7 @@
 
 import { parseConfig } from "../../src/config/mod.ts";
 import { denoFlags, permissionSet } from "../../src/permissions.ts";
+import { startCeiling } from "../lib/ceiling.ts";
 import type { Context } from "../lib/context.ts";
 import {
   failures,
@@ -53,6 +54,17 @@ function variants(): { label: string; v8Flags?: string[] }[] {
 // outlasts the hold.
 const HOLD_STREAMS = 1000;
 const HOLD_ITL_MS = 250;
+
+function holdSpec(d: Context["durations"]): LoadSpec {
+  return {
+    streams: HOLD_STREAMS,
+    durationS: d.holdS,
+    warmupS: Math.min(d.warmupS, d.holdS / 2),
+    tokens: Math.ceil((d.holdS * 1000) / HOLD_ITL_MS) + 20,
+    itlMs: HOLD_ITL_MS,
+    rampS: Math.min(1, d.holdS / 4),
+  };
+}
 
 // The soak's steady load: 64 streams x 50 tokens/s in one-second
 // generations, so that about 64 generations start and end every second.
@@ -104,16 +116,10 @@ export async function memoryScenario(ctx: Context): Promise<void> {
         );
         await waitIdle(stack);
 
-        const spec: LoadSpec = {
-          streams: HOLD_STREAMS,
-          durationS: d.holdS,
-          warmupS: Math.min(d.warmupS, d.holdS / 2),
-          tokens: Math.ceil((d.holdS * 1000) / HOLD_ITL_MS) + 20,
-          itlMs: HOLD_ITL_MS,
-          rampS: Math.min(1, d.holdS / 4),
-        };
         const samples = sampler(() => memory(pid).rss, 250);
-        const run = await runGrpc(env, stack.grpcAddr, spec, { sidecar: pid });
+        const run = await runGrpc(env, stack.grpcAddr, holdSpec(d), {
+          sidecar: pid,
+        });
         const rss = samples.stop();
         peak.push(Math.max(...rss));
         // Steady state with every stream open: the second half of the hold.
@@ -260,7 +266,54 @@ export async function memoryScenario(ctx: Context): Promise<void> {
   }
 
   await heapProbe(ctx);
+  await grpcFloor(ctx, hold);
   await soak(ctx);
+}
+
+/**
+ * The same idle wait, steady run and 1,000-stream hold against a bare
+ * grpc-js server on Deno with the production V8 flags
+ * (`bench/probe/grpc_ceiling.mjs`, one timer per stream, no worker, no
+ * metering): what holding the streams costs the runtime and gRPC library
+ * alone, the floor under the sidecar's figure.
+ */
+async function grpcFloor(ctx: Context, hold: string): Promise<void> {
+  const { env, durations: d, report } = ctx;
+  const idle: number[] = [];
+  const during: number[] = [];
+  for (let rep = 0; rep < ctx.options.repetitions; rep++) {
+    const ceiling = await startCeiling(env, "deno");
+    try {
+      const pid = ceiling.proc.pid;
+      await sleep(d.idleSettleS * 1000);
+      idle.push(memory(pid).rss);
+      await runGrpc(env, ceiling.addr, {
+        ...STEADY,
+        durationS: d.latencyS,
+        warmupS: d.warmupS,
+      }, {});
+      const samples = sampler(() => memory(pid).rss, 250);
+      await runGrpc(env, ceiling.addr, holdSpec(d), {});
+      const rss = samples.stop();
+      during.push(median(rss.slice(Math.floor(rss.length / 2))));
+    } finally {
+      await ceiling.proc.stop();
+    }
+  }
+  report.add(
+    NAME,
+    "probe: RSS of bare grpc-js on Deno, idle",
+    "no traffic",
+    idle.map((b) => b / MiB),
+    "MiB",
+  );
+  report.add(
+    NAME,
+    `probe: RSS of bare grpc-js on Deno with ${HOLD_STREAMS} streams open`,
+    hold,
+    during.map((b) => b / MiB),
+    "MiB",
+  );
 }
 
 /**
