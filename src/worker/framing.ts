@@ -157,7 +157,11 @@ export function encodeFrame(message: unknown): Uint8Array {
   return frame;
 }
 
-const utf8 = new TextDecoder("utf-8", { fatal: true, ignoreBOM: true });
+// Deno decodes UTF-8 about 3x faster without `fatal`. A payload is decoded
+// that way first; only one whose text then holds U+FFFD, which is either in
+// the payload or stands for an invalid sequence, is decoded again strictly.
+const utf8 = new TextDecoder("utf-8", { ignoreBOM: true });
+const strictUtf8 = new TextDecoder("utf-8", { fatal: true, ignoreBOM: true });
 
 /** Parses a payload into a JSON object with a string `type`. */
 export function parsePayload(
@@ -165,15 +169,17 @@ export function parsePayload(
 ):
   | { ok: true; value: Record<string, unknown> & { type: string } }
   | FrameFailure {
-  let text: string;
-  try {
-    text = utf8.decode(payload);
-  } catch {
-    return {
-      ok: false,
-      kind: "bad_utf8",
-      message: "payload is not valid UTF-8",
-    };
+  let text = utf8.decode(payload);
+  if (text.includes("\uFFFD")) {
+    try {
+      text = strictUtf8.decode(payload);
+    } catch {
+      return {
+        ok: false,
+        kind: "bad_utf8",
+        message: "payload is not valid UTF-8",
+      };
+    }
   }
 
   let value: unknown;
