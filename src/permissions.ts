@@ -39,8 +39,8 @@ export const ENV_VARS: readonly string[] = [
  * then took a quarter of the CPU; a 2 MB semi-space restores throughput and
  * lowers the RSS under 1,000 open streams. Changed here and nowhere else.
  *
- * TODO(#5): with these, 1,000 open streams take 125 to 129 MiB, on the
- * 128 MiB line, and the garbage collector still takes 28% of the CPU at
+ * TODO(#5): with these, 1,000 open streams take 125 to 130 MiB, on the
+ * 128 MiB line, and the garbage collector still takes 25-28% of the CPU at
  * saturation with short generations; a larger semi-space trades one for
  * the other (8 MB: about 5,100/s, 135 MiB).
  */

@@ -102,7 +102,7 @@ class Generation:
 
     async def _pump(self, agen: AsyncIterator[Any]) -> None:
         # TODO(#5): one frame and one transport write per token; the worker
-        # side costs 0.21 of a grpcio worker's CPU per token (target 0.1).
+        # side costs 0.20 of a grpcio worker's CPU per token (target 0.1).
         # A frame carrying one decode step's tokens for many generations
         # would divide the per-token cost by the batch size.
         req = self.req
