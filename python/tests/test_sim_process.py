@@ -88,11 +88,13 @@ def test_stamp_makes_each_chunk_a_monotonic_timestamp(sock_dir):
 
 
 def test_the_batched_schedule_sends_each_step_on_the_shared_grid(sock_dir):
-    # Steps 100 ms apart; generations started 30 ms apart still send their
-    # tokens on the same step boundaries (loop time is CLOCK_MONOTONIC).
-    step_ns = 100_000_000
+    # Steps 100 ms apart. Generations that arrive 30 ms apart still send their
+    # tokens on the same steps, in the same turn of the simulator's loop: all
+    # but possibly the first step of the later one meet a token of the other.
+    tokens = 4
     sim = SimProcess(
-        sock_dir, ["--ttft-ms", "0", "--itl-ms", "100", "--tokens", "3", "--stamp", "--schedule", "batched"]
+        sock_dir,
+        ["--ttft-ms", "0", "--itl-ms", "100", "--tokens", str(tokens), "--stamp", "--schedule", "batched"],
     )
 
     async def body():
@@ -100,19 +102,18 @@ def test_the_batched_schedule_sends_each_step_on_the_shared_grid(sock_dir):
         sidecar.generate("a")
         await asyncio.sleep(0.03)
         sidecar.generate("b")
-        chunks = {"a": [], "b": []}
+        stamps = {"a": [], "b": []}
         ended = set()
         while len(ended) < 2:
             message = await sidecar.recv(2.0)
             if message["type"] == "chunk":
-                chunks[message["id"]].append(message)
+                stamps[message["id"]].append(int(message["text"][:-1]))
             elif message["type"] == "done":
                 ended.add(message["id"])
-        assert [len(c) for c in chunks.values()] == [3, 3]
-        stamps = [int(c["text"][:-1]) for c in chunks["a"] + chunks["b"]]
-        # Each token goes out just after a boundary, never mid-step.
-        lateness = sorted(s % step_ns for s in stamps)
-        assert lateness[-1] < step_ns // 3, lateness
+        assert [len(s) for s in stamps.values()] == [tokens, tokens]
+        # Same step: microseconds apart; own clocks would leave 30 ms between them.
+        shared = [b for b in stamps["b"] if min(abs(b - a) for a in stamps["a"]) < 5_000_000]
+        assert len(shared) >= tokens - 1, stamps
         await sidecar.close()
 
     try:
