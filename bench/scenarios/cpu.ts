@@ -25,7 +25,6 @@ import {
   runGrpc,
 } from "../lib/load.ts";
 import { startStack, waitIdle } from "../lib/stack.ts";
-import { median } from "../lib/stats.ts";
 
 const NAME = "4. CPU";
 
@@ -74,11 +73,11 @@ export async function cpu(ctx: Context): Promise<void> {
   }
 
   const pct = (m: Measured, who: string) => 100 * m.cpuS[who] / m.load.window_s;
-  const sidecarPct = runs.batched.map((m) => pct(m, "sidecar"));
+  let missed = false;
   for (const schedule of SCHEDULES) {
     const measured = runs[schedule];
     const label = LABEL[schedule];
-    report.add(
+    const cpuRow = report.add(
       NAME,
       "sidecar CPU",
       label,
@@ -88,6 +87,7 @@ export async function cpu(ctx: Context): Promise<void> {
         ? { target: { op: "<=", value: TARGET_PCT, text: `≤ ${TARGET_PCT}%` } }
         : {},
     );
+    if (schedule === "batched") missed = cpuRow.value > TARGET_PCT;
     report.add(
       NAME,
       "sidecar CPU per token",
@@ -113,7 +113,6 @@ export async function cpu(ctx: Context): Promise<void> {
     );
   }
 
-  const missed = median(sidecarPct) > TARGET_PCT;
   if (
     options.profile === "always" ||
     (options.profile === "auto" && missed && !options.smoke)
