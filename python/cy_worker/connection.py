@@ -14,6 +14,10 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional
 
 from .generation import Generation
 from .protocol import (
+    CHUNK_HEAD,
+    CHUNKS_HEAD,
+    CHUNKS_OVERHEAD,
+    CHUNKS_TAIL,
     MIN_MAX_FRAME_BYTES,
     SUPPORTED_VERSIONS,
     TO_SIDECAR,
@@ -55,6 +59,12 @@ class Connection(asyncio.Protocol):
         # its end: one system call for the tokens of every generation that
         # produced one in this turn, instead of one per token.
         self._pending: List[bytes] = []
+        # Chunks written since the last frame, as JSON objects without
+        # `type`: on protocol version 2 they leave as `chunks` frames.
+        self._items: List[bytes] = []
+        self._flush_scheduled = False
+        # The protocol version agreed in the handshake.
+        self.version = 1
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._decoder = FrameDecoder(worker.max_frame_bytes)
         self._writable: Optional[asyncio.Future] = None
@@ -189,19 +199,70 @@ class Connection(asyncio.Protocol):
         raise RuntimeError("Cannot write: the connection is not open")
 
     def _write_checked(self, data: bytes) -> None:
+        self._check(data)
+        self._write_coalesced(data)
+
+    def _check(self, data: bytes) -> None:
         result = check_frame(data, TO_SIDECAR, self.peer_max_frame_bytes)
         if type(result) is Failure:
             logger.error("self-check: worker sent an invalid frame (%s): %.200r", result, data)
-        self._write_coalesced(data)
 
     def _write_coalesced(self, data: bytes) -> None:
-        pending = self._pending
-        if not pending:
-            self._loop.call_soon(self.flush)  # type: ignore[union-attr]
-        pending.append(data)
+        if self._items:
+            self._close_items()
+        elif not self._flush_scheduled:
+            self._schedule_flush()
+        self._pending.append(data)
+
+    def _schedule_flush(self) -> None:
+        self._flush_scheduled = True
+        self._loop.call_soon(self.flush)  # type: ignore[union-attr]
+
+    def write_chunk(self, item: bytes) -> None:
+        """Write one chunk, given as its JSON object without `type`.
+
+        On protocol version 2 the chunks written in one turn of the event
+        loop, up to the next other frame, leave together in `chunks`
+        frames of at most the peer's frame limit; a lone one, and every one
+        on version 1, as a `chunk` frame. The caller has checked that the
+        chunk fits one `chunk` frame.
+        """
+        if self.version < 2:
+            payload = CHUNK_HEAD + item[1:]
+            self.write(pack_length(len(payload)) + payload)
+            return
+        if not self._flush_scheduled:
+            self._schedule_flush()
+        self._items.append(item)
+
+    def _close_items(self) -> None:
+        items = self._items
+        self._items = []
+        check = self.worker.check_frames
+        limit = self.peer_max_frame_bytes
+        count = len(items)
+        start = 0
+        while start < count:
+            size = CHUNKS_OVERHEAD + len(items[start])
+            end = start + 1
+            while end < count and size + 1 + len(items[end]) <= limit:
+                size += 1 + len(items[end])
+                end += 1
+            if end - start == 1:
+                payload = CHUNK_HEAD + items[start][1:]
+            else:
+                payload = CHUNKS_HEAD + b",".join(items[start:end]) + CHUNKS_TAIL
+            frame = pack_length(len(payload)) + payload
+            if check:
+                self._check(frame)
+            self._pending.append(frame)
+            start = end
 
     def flush(self) -> None:
         """Send the frames written in this turn of the event loop now."""
+        self._flush_scheduled = False
+        if self._items:
+            self._close_items()
         pending = self._pending
         if not pending:
             return
@@ -237,7 +298,8 @@ class Connection(asyncio.Protocol):
             return
         self.peer_max_frame_bytes = int(message["max_frame_bytes"])
         self.welcomed = True
-        self.send(self.worker._welcome(max(common)))
+        self.version = max(common)
+        self.send(self.worker._welcome(self.version))
         logger.info("sidecar connected sidecar=%s", message.get("sidecar", "?"))
 
     def _on_generate(self, message: dict) -> None:

@@ -1,7 +1,7 @@
 """One generation: pull the user's async generator under flow control.
 
-The driver pulls an item only while the generation has credit, frames it as
-a `chunk` and writes it at once. It ends every generation with exactly one
+The driver pulls an item only while the generation has credit and writes it
+at once as a chunk (the connection frames it). It ends every generation with exactly one
 `done` or `error` frame (unless the connection is gone), and never lets an
 exception from user code escape.
 """
@@ -13,7 +13,7 @@ import logging
 import operator
 from typing import TYPE_CHECKING, Any, AsyncIterator, Optional, Tuple
 
-from .protocol import MAX_TOKEN_ID, encode_str, pack_length
+from .protocol import CHUNK_FRAME_EXTRA, MAX_TOKEN_ID, encode_str
 from .request import Request, WorkerError
 
 if TYPE_CHECKING:
@@ -101,16 +101,16 @@ class Generation:
             self.conn.generation_ended(self)
 
     async def _pump(self, agen: AsyncIterator[Any]) -> None:
-        # TODO(#5): one frame and one transport write per token; the worker
-        # side costs 0.20 of a grpcio worker's CPU per token (target 0.1).
-        # A frame carrying one decode step's tokens for many generations
-        # would divide the per-token cost by the batch size.
+        # TODO(#5): the worker side costs 0.20 of a grpcio worker's CPU per
+        # token (target 0.1): resuming the user's generator and one chunk's
+        # JSON per token remain, whatever the frames carry.
         req = self.req
         conn = self.conn
         anext = agen.__anext__
-        write = conn.write
-        limit = conn.peer_max_frame_bytes
-        prefix = '{"type":"chunk","id":' + encode_str(req.id) + ',"text":'
+        write_chunk = conn.write_chunk
+        # The largest item that still fits one chunk frame.
+        limit = conn.peer_max_frame_bytes - CHUNK_FRAME_EXTRA
+        prefix = '{"id":' + encode_str(req.id) + ',"text":'
         first = True
 
         while True:
@@ -154,14 +154,15 @@ class Generation:
                 prompt = req.prompt_tokens
                 if type(prompt) is int and prompt >= 0:
                     tail = ',"prompt_tokens":' + str(prompt) + "}"
-            payload = (prefix + encode_str(text) + ',"token_ids":' + ids_json + tail).encode()
-            size = len(payload)
-            if size > limit:
+            item = (prefix + encode_str(text) + ',"token_ids":' + ids_json + tail).encode()
+            if len(item) > limit:
+                size = len(item) + CHUNK_FRAME_EXTRA
                 raise WorkerError(
                     "internal",
-                    f"chunk of {size} bytes exceeds the sidecar's max_frame_bytes {limit}",
+                    f"chunk of {size} bytes exceeds the sidecar's max_frame_bytes "
+                    f"{conn.peer_max_frame_bytes}",
                 )
-            write(pack_length(size) + payload)
+            write_chunk(item)
             self.credit -= 1
             self.completion_tokens += count
             if conn.write_paused:

@@ -1,4 +1,4 @@
-"""Codec for worker protocol version 1 (see docs/worker-protocol.md).
+"""Codec for worker protocol versions 1 and 2 (see docs/worker-protocol.md).
 
 A frame is a 4-byte big-endian payload length followed by a UTF-8 JSON
 object. Nothing here raises on bad input: decoders return either the value
@@ -21,7 +21,7 @@ from .schema import (  # noqa: F401 (re-exported: the protocol's limits)
     STATES,
 )
 
-SUPPORTED_VERSIONS = (1,)
+SUPPORTED_VERSIONS = (1, 2)
 
 # The sidecar's default. Large enough for any prompt worth sending over a
 # local socket, small enough that a corrupt length cannot make us buffer
@@ -53,6 +53,16 @@ encode_json = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_
 
 encode_str = json.encoder.encode_basestring
 """Encode one Python string as a JSON string literal (quotes included)."""
+
+# A chunk travels as an item: its JSON object without `type`. A `chunk`
+# frame is the item with CHUNK_HEAD in place of its opening brace; a
+# `chunks` frame (version 2) is items between CHUNKS_HEAD and CHUNKS_TAIL.
+CHUNK_HEAD = b'{"type":"chunk",'
+CHUNKS_HEAD = b'{"type":"chunks","items":['
+CHUNKS_TAIL = b"]}"
+CHUNKS_OVERHEAD = len(CHUNKS_HEAD) + len(CHUNKS_TAIL)
+CHUNK_FRAME_EXTRA = len(CHUNK_HEAD) - 1
+"""What a `chunk` frame's payload adds to its item's size."""
 
 
 class Failure:

@@ -1,4 +1,4 @@
-"""What each message of protocol version 1 must contain, per direction.
+"""What each message of protocol versions 1 and 2 must contain, per direction.
 
 `SCHEMAS[direction][type](message)` returns None when the message is
 well-formed, or a short description of the first bad member. Members not
@@ -133,6 +133,24 @@ def _check_chunk(message: dict) -> Optional[str]:
     return None
 
 
+_CHUNK_MEMBERS: Members = {
+    "id": _ID,
+    "text": (True, _is_str, "a string"),
+    "token_ids": (True, _is_token_ids, "an array of integers in 0..2^32-1"),
+    "prompt_tokens": (False, _uint32_at_least(0), "an integer in 0..2^32-1"),
+}
+
+
+def _check_items(message: dict) -> Optional[str]:
+    for i, item in enumerate(message["items"]):
+        if type(item) is not dict:
+            return f"member 'items[{i}]' must be an object"
+        problem = _check_members(item, _CHUNK_MEMBERS, f"items[{i}].") or _check_chunk(item)
+        if problem is not None:
+            return f"items[{i}]: {problem}"
+    return None
+
+
 _USAGE: Members = {"prompt_tokens": _COUNT, "completion_tokens": _COUNT}
 
 
@@ -189,14 +207,11 @@ SCHEMAS: Dict[str, Dict[str, Check]] = {
                 "eta_ms": _OPTIONAL_ETA,
             }
         ),
-        "chunk": _members(
-            {
-                "id": _ID,
-                "text": (True, _is_str, "a string"),
-                "token_ids": (True, _is_token_ids, "an array of integers in 0..2^32-1"),
-                "prompt_tokens": (False, _uint32_at_least(0), "an integer in 0..2^32-1"),
-            },
-            _check_chunk,
+        "chunk": _members(_CHUNK_MEMBERS, _check_chunk),
+        # Protocol version 2: several chunks in one frame.
+        "chunks": _members(
+            {"items": (True, lambda v: type(v) is list and len(v) > 0, "a non-empty array")},
+            _check_items,
         ),
         "done": _members(
             {

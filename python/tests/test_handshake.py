@@ -39,8 +39,12 @@ def test_worker_picks_the_highest_version_it_supports(sock_path):
     async def body():
         async with serving(tokens, sock_path):
             sidecar = await FakeSidecar.connect(sock_path)
-            welcome = await sidecar.handshake(versions=[3, 1, 2])
+            welcome = await sidecar.handshake(versions=[4, 1, 3])
             assert welcome["version"] == 1
+            await sidecar.close()
+            sidecar = await FakeSidecar.connect(sock_path)
+            welcome = await sidecar.handshake(versions=[3, 1, 2])
+            assert welcome["version"] == 2
             await sidecar.close()
 
     run(body())
@@ -50,7 +54,7 @@ def test_no_common_version_is_refused_and_the_connection_closed(sock_path):
     async def body():
         async with serving(tokens, sock_path):
             sidecar = await FakeSidecar.connect(sock_path)
-            error = await sidecar.handshake(versions=[2, 3])
+            error = await sidecar.handshake(versions=[3, 4])
             assert error["type"] == "error" and "id" not in error
             assert error["code"] == "unsupported_version"
             await sidecar.expect_closed()

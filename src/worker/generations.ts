@@ -33,7 +33,7 @@ import {
   workerRestarting,
 } from "./generation_errors.ts";
 import { hold, type HoldLimits } from "./holds.ts";
-import type { CancelReason, ChunkMsg, DoneMsg, ErrorMsg } from "./messages.ts";
+import type { CancelReason, ChunkItem, DoneMsg, ErrorMsg } from "./messages.ts";
 import type { WorkerState } from "./state.ts";
 
 /** What {@link Generations} reads of the client that owns it. */
@@ -176,8 +176,8 @@ export class Generations {
     this.active.delete(ex.request.id);
   }
 
-  /** A `chunk` from the worker. */
-  onChunk(conn: WorkerConnection, msg: ChunkMsg): void {
+  /** A `chunk` from the worker, or one item of its `chunks`. */
+  onChunk(conn: WorkerConnection, msg: ChunkItem): void {
     const ex = this.#exchangeFor(conn, msg.id);
     if (!ex || ex.phase !== "active") return;
     ex.lastActivity = this.#o.clock.now();

@@ -194,6 +194,22 @@ export class WorkerLink {
     switch (msg.type) {
       case "chunk":
         return this.#gens.onChunk(conn, msg);
+      case "chunks":
+        if (conn.welcome.version < 2) {
+          return conn.close(
+            new WorkerConnectionError(
+              "protocol",
+              `"chunks" on protocol version ${conn.welcome.version}`,
+            ),
+          );
+        }
+        for (const item of msg.items) {
+          // A chunk can close the connection (a protocol error): the rest
+          // of the frame is then dropped, as later frames would be.
+          if (conn.closed) return;
+          this.#gens.onChunk(conn, item);
+        }
+        return;
       case "done":
         return this.#gens.onEnd(conn, msg.id, msg);
       case "error":

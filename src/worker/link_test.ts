@@ -165,3 +165,79 @@ for (
       equal((await second.expect("generate")).id, "b");
     }));
 }
+
+Deno.test("on protocol version 2, a chunks frame delivers each item as its generation's chunk, in order", () =>
+  withClient({ welcome: { version: 2 } }, async ({ peer, generating }) => {
+    const a = await generating("a");
+    const b = await generating("b");
+    await peer.send({
+      type: "chunks",
+      items: [
+        { id: "a", text: "Hel", token_ids: [1] },
+        { id: "b", text: "Wor", token_ids: [7] },
+        { id: "a", text: "lo", token_ids: [2, 3] },
+      ],
+    });
+    await peer.send({
+      type: "done",
+      id: "a",
+      finish_reason: "stop",
+      usage: { prompt_tokens: 1, completion_tokens: 3 },
+    });
+    await a.sink.until((e) => "done" in e);
+    deepStrictEqual(a.sink.events.slice(0, 2), [
+      { chunk: "Hel", ids: [1] },
+      { chunk: "lo", ids: [2, 3] },
+    ]);
+    await b.sink.until((e) => "chunk" in e);
+    deepStrictEqual(b.sink.events, [{ chunk: "Wor", ids: [7] }]);
+  }));
+
+Deno.test("each item of a chunks frame takes one credit of its generation", () =>
+  withClient({ welcome: { version: 2 } }, async ({ peer, generating }) => {
+    const { sink, frame } = await generating("a");
+    const credit = (frame as { credit: number }).credit;
+    await peer.send({
+      type: "chunks",
+      items: Array.from(
+        { length: credit + 1 },
+        (_, i) => ({ id: "a", text: "x", token_ids: [i] }),
+      ),
+    });
+    const e = await sink.failure();
+    match(e.message, /without flow-control credit/);
+    equal(sink.events.filter((ev) => "chunk" in ev).length, credit);
+  }));
+
+Deno.test("a chunks frame on protocol version 1 is a protocol error", () =>
+  withClient({}, async ({ peer, generating }) => {
+    const { sink } = await generating("a");
+    await peer.send({
+      type: "chunks",
+      items: [{ id: "a", text: "x", token_ids: [1] }],
+    });
+    const e = await sink.failure();
+    equal(e.kind, "worker_protocol");
+    match(e.message, /"chunks" on protocol version 1/);
+    await peer.waitClosed();
+  }));
+
+Deno.test("a chunks item for an id not in flight drops the rest of the frame and closes the connection", () =>
+  withClient({ welcome: { version: 2 } }, async ({ peer, generating }) => {
+    const { sink } = await generating("a");
+    await peer.send({
+      type: "chunks",
+      items: [
+        { id: "a", text: "x", token_ids: [1] },
+        { id: "ghost", text: "y", token_ids: [2] },
+        { id: "a", text: "z", token_ids: [3] },
+      ],
+    });
+    const e = await sink.failure();
+    match(e.message, /ghost/);
+    deepStrictEqual(
+      sink.events.filter((ev) => "chunk" in ev),
+      [{ chunk: "x", ids: [1] }],
+    );
+    await peer.waitClosed();
+  }));

@@ -9,7 +9,7 @@
 import { type FrameFailure, parsePayload } from "./framing.ts";
 
 /** Protocol versions this sidecar speaks, newest last. */
-export const PROTOCOL_VERSIONS = [1] as const;
+export const PROTOCOL_VERSIONS = [1, 2] as const;
 
 /** The worker's announced state. */
 export type WorkerAnnouncedState = "ready" | "reloading" | "draining";
@@ -118,6 +118,19 @@ export interface ChunkMsg {
   prompt_tokens?: number;
 }
 
+/** The members of a chunk, which a `chunks` item carries without `type`. */
+export type ChunkItem = Omit<ChunkMsg, "type">;
+
+/**
+ * Several chunks in one frame (protocol version 2): what a worker's turn
+ * produced for several generations, each item a `chunk` without its
+ * `type`, in order.
+ */
+export interface ChunksMsg {
+  type: "chunks";
+  items: ChunkItem[];
+}
+
 export interface Usage {
   prompt_tokens: number;
   completion_tokens: number;
@@ -155,6 +168,7 @@ export interface PongMsg {
 export type WorkerMessage =
   | WelcomeMsg
   | ChunkMsg
+  | ChunksMsg
   | DoneMsg
   | ErrorMsg
   | StatusMsg
@@ -176,10 +190,17 @@ const MAX_ID_CHARS = 128;
  */
 export const UINT32_MAX = 0xffff_ffff;
 
-class FieldError extends Error {}
+class FieldError extends Error {
+  /** The problem, without the message type it was found in. */
+  readonly detail: string;
+  constructor(type: string, detail: string) {
+    super(`${type}: ${detail}`);
+    this.detail = detail;
+  }
+}
 
 function fail(type: string, detail: string): never {
-  throw new FieldError(`${type}: ${detail}`);
+  throw new FieldError(type, detail);
 }
 
 function str(m: Obj, key: string, opts: { nonEmpty?: boolean } = {}): string {
@@ -280,6 +301,24 @@ const workerChecks: Record<string, (m: Obj) => void> = {
     optInt(m, "prompt_tokens", 0, UINT32_MAX);
     if (tokenIds(m).length === 0 && text.length === 0) {
       fail("chunk", "a chunk must carry token ids or text");
+    }
+  },
+  chunks(m) {
+    const items = m.items;
+    if (!Array.isArray(items) || items.length === 0) {
+      fail("chunks", `"items" must be a non-empty array`);
+    }
+    for (let i = 0; i < items.length; i++) {
+      const item = items[i];
+      if (typeof item !== "object" || item === null || Array.isArray(item)) {
+        fail("chunks", `"items"[${i}] must be an object`);
+      }
+      try {
+        workerChecks.chunk(item as Obj);
+      } catch (err) {
+        if (!(err instanceof FieldError)) throw err;
+        fail("chunks", `"items"[${i}]: ${err.detail}`);
+      }
     }
   },
   done(m) {

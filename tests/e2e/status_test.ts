@@ -82,7 +82,7 @@ Deno.test("GetStatus describes the connected worker and counts generations in fl
 
     equal(status.state, "CONNECTED");
     equal(status.model_id, "sim-1");
-    equal(status.protocol_version, 1);
+    equal(status.protocol_version, 2);
     equal(status.max_concurrency, 7);
     equal(status.in_flight, 1);
     equal(status.eta_ms, 0);
