@@ -32,6 +32,11 @@ export interface StackOptions {
    * the start waits only for its "cy-sidecar started" line.
    */
   waitReady?: boolean;
+  /**
+   * The worker protocol versions the simulator offers (`--protocol-versions`);
+   * unset: every version it speaks. `[1]` sends one chunk frame per chunk.
+   */
+  protocolVersions?: number[];
 }
 
 /** The V8 flags of the production launch (empty when it sets none). */
@@ -75,13 +80,20 @@ const SIM_ARGS = [
 ];
 
 /** Starts the simulator on `socket`. */
-export async function startSim(env: Env, socket: string): Promise<Proc> {
+export async function startSim(
+  env: Env,
+  socket: string,
+  protocolVersions?: number[],
+): Promise<Proc> {
   const sim = new Proc("simulator", env.python, [
     "-m",
     "cy_worker.sim",
     "--socket",
     socket,
     ...SIM_ARGS,
+    ...(protocolVersions
+      ? ["--protocol-versions", protocolVersions.join(",")]
+      : []),
   ], {
     env: { PYTHONPATH: `${env.root}/python`, PYTHONUNBUFFERED: "1" },
     cwd: env.root,
@@ -201,7 +213,7 @@ export async function startStack(
       ? await startBilling(env)
       : null;
     if (billing) started.push(billing.proc);
-    const sim = await startSim(env, socket);
+    const sim = await startSim(env, socket, options.protocolVersions);
     started.push(sim);
     const sc = await startSidecar(
       env,

@@ -3,7 +3,9 @@
  * streamed three ways:
  *
  * - the sidecar in front of the simulator (the cy_worker package speaking
- *   framed JSON over a Unix socket);
+ *   framed JSON over a Unix socket), on protocol version 2 (the chunks of
+ *   one turn of the worker's loop in one frame) and pinned to version 1
+ *   (a frame per chunk);
  * - a Python worker serving gRPC itself (grpcio's asyncio server,
  *   `bench/alt/grpc_worker.py`), called directly;
  * - the same worker behind nginx (`grpc_pass`), when nginx is installed.
@@ -44,9 +46,10 @@ const SAT_LABEL = "64 streams, no pause";
 const STEADY = { streams: 64, tokens: 50, itlMs: 20, stamp: true };
 const STEADY_LABEL = "64 streams x 50 tok/s";
 
-type ArmName = "sidecar" | "grpcio" | "nginx";
+type ArmName = "sidecar" | "sidecar_v1" | "grpcio" | "nginx";
 const ARM_LABEL: Record<ArmName, string> = {
   sidecar: "sidecar + cy_worker (framed JSON)",
+  sidecar_v1: "sidecar + cy_worker, protocol v1 (a frame per chunk)",
   grpcio: "grpcio worker, direct",
   nginx: "nginx → grpcio worker",
 };
@@ -68,8 +71,11 @@ interface Target {
 
 async function startArm(ctx: Context, arm: ArmName): Promise<Target> {
   const { env } = ctx;
-  if (arm === "sidecar") {
-    const stack = await startStack(env, { metering: "durable" });
+  if (arm === "sidecar" || arm === "sidecar_v1") {
+    const stack = await startStack(env, {
+      metering: "durable",
+      protocolVersions: arm === "sidecar_v1" ? [1] : undefined,
+    });
     return {
       addr: stack.grpcAddr,
       worker: stack.sim.pid,
@@ -161,7 +167,7 @@ async function generationAlone(ctx: Context): Promise<number> {
 /** Runs scenario 5. */
 export async function offload(ctx: Context): Promise<void> {
   const { env, report, options } = ctx;
-  const arms: ArmName[] = ["sidecar", "grpcio"];
+  const arms: ArmName[] = ["sidecar", "sidecar_v1", "grpcio"];
   if (env.nginx) arms.push("nginx");
   else {
     report.note(
@@ -172,6 +178,7 @@ export async function offload(ctx: Context): Promise<void> {
 
   const runs: Record<ArmName, ArmRun[]> = {
     sidecar: [],
+    sidecar_v1: [],
     grpcio: [],
     nginx: [],
   };
@@ -300,7 +307,11 @@ export async function offload(ctx: Context): Promise<void> {
     );
   }
   for (const arm of arms.filter((a) => a !== "grpcio")) {
-    const proxy = arm === "sidecar" ? "sidecar" : "nginx (master + 1 worker)";
+    const proxy = arm === "nginx"
+      ? "nginx (master + 1 worker)"
+      : arm === "sidecar"
+      ? "sidecar"
+      : "sidecar, protocol v1";
     report.add(
       NAME,
       `proxy RSS peak: ${proxy}`,

@@ -19,7 +19,6 @@ from .protocol import (
     CHUNKS_OVERHEAD,
     CHUNKS_TAIL,
     MIN_MAX_FRAME_BYTES,
-    SUPPORTED_VERSIONS,
     TO_SIDECAR,
     TO_WORKER,
     Failure,
@@ -286,13 +285,14 @@ class Connection(asyncio.Protocol):
             self.fail(Failure("bad_field", "a second hello"))
             return
         offered = [int(v) for v in message["versions"]]
-        common = [v for v in offered if v in SUPPORTED_VERSIONS]
+        supported = self.worker.protocol_versions
+        common = [v for v in offered if v in supported]
         if not common:
             logger.warning("no common protocol version: sidecar offers %s", offered)
             self.send_error(
                 "unsupported_version",
                 f"no common protocol version: sidecar offers {offered}, "
-                f"worker supports {list(SUPPORTED_VERSIONS)}",
+                f"worker supports {list(supported)}",
             )
             self.close()
             return

@@ -11,11 +11,11 @@ import asyncio
 import logging
 import os
 import signal
-from typing import Any, AsyncIterator, Callable, Optional, Set, Tuple
+from typing import Any, AsyncIterator, Callable, Optional, Sequence, Set, Tuple
 
 from . import __version__
 from .connection import Connection
-from .protocol import DEFAULT_MAX_FRAME_BYTES, MIN_MAX_FRAME_BYTES
+from .protocol import DEFAULT_MAX_FRAME_BYTES, MIN_MAX_FRAME_BYTES, SUPPORTED_VERSIONS
 from .request import Request
 from .socket_file import file_id, prepare_socket_path, remove_if_same, socket_path_problem
 from .status import Status, check_concurrency, check_model_id
@@ -59,6 +59,7 @@ class Worker:
         socket_mode: int = 0o660,
         name: str = f"cy-worker/{__version__}",
         check_frames: bool = False,
+        protocol_versions: Sequence[int] = SUPPORTED_VERSIONS,
     ) -> None:
         """Check every option, then fail once with all problems listed.
 
@@ -66,6 +67,9 @@ class Worker:
         applied to the socket file (0o660: the sidecar must share our user or
         group). `check_frames` validates every frame written against the
         protocol and logs violations (slow; for tests and simulators).
+        `protocol_versions` are the versions offered to the sidecar, by
+        default every one the package speaks; `(1,)` pins version 1 (one
+        `chunk` frame per chunk).
         """
         problems = []
         if not callable(generate):
@@ -83,6 +87,12 @@ class Worker:
                 f"max_frame_bytes must be an integer >= {MIN_MAX_FRAME_BYTES}, "
                 f"got {max_frame_bytes!r}"
             )
+        versions = tuple(protocol_versions) if isinstance(protocol_versions, (tuple, list)) else ()
+        if not versions or any(type(v) is not int or v not in SUPPORTED_VERSIONS for v in versions):
+            problems.append(
+                f"protocol_versions must be a non-empty subset of {list(SUPPORTED_VERSIONS)}, "
+                f"got {protocol_versions!r}"
+            )
         if problems:
             raise ValueError("Cannot create Worker: " + "; ".join(problems))
 
@@ -93,6 +103,7 @@ class Worker:
         self.socket_mode = socket_mode
         self.name = name
         self.check_frames = check_frames
+        self.protocol_versions = versions
         self._connections: Set[Connection] = set()
         self._in_flight = 0
         self._loop: Optional[asyncio.AbstractEventLoop] = None

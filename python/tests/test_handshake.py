@@ -50,6 +50,22 @@ def test_worker_picks_the_highest_version_it_supports(sock_path):
     run(body())
 
 
+def test_a_worker_pinned_to_version_1_chooses_it_when_2_is_offered(sock_path):
+    async def body():
+        async with serving(tokens, sock_path, protocol_versions=(1,)):
+            sidecar = await FakeSidecar.connect(sock_path)
+            welcome = await sidecar.handshake(versions=[1, 2])
+            assert welcome["version"] == 1
+            await sidecar.close()
+            sidecar = await FakeSidecar.connect(sock_path)
+            error = await sidecar.handshake(versions=[2])
+            assert error["code"] == "unsupported_version"
+            assert "worker supports [1]" in error["message"]
+            await sidecar.expect_closed()
+
+    run(body())
+
+
 def test_no_common_version_is_refused_and_the_connection_closed(sock_path):
     async def body():
         async with serving(tokens, sock_path):

@@ -20,11 +20,29 @@ async def tokens(req):
 def test_options_are_checked_and_every_problem_is_reported():
     with pytest.raises(ValueError) as info:
         Worker(
-            42, model_id="", max_concurrency=0, socket_path="/tmp/" + "x" * 200, max_frame_bytes=10
+            42,
+            model_id="",
+            max_concurrency=0,
+            socket_path="/tmp/" + "x" * 200,
+            max_frame_bytes=10,
+            protocol_versions=(1, 3),
         )
     message = str(info.value)
-    for part in ("generate", "model_id", "max_concurrency", "socket_path", "max_frame_bytes"):
+    for part in (
+        "generate",
+        "model_id",
+        "max_concurrency",
+        "socket_path",
+        "max_frame_bytes",
+        "protocol_versions",
+    ):
         assert part in message
+
+
+@pytest.mark.parametrize("versions", [(), (3,), (True,), "12", (1.0,)])
+def test_protocol_versions_must_be_versions_the_package_speaks(versions):
+    with pytest.raises(ValueError, match="protocol_versions must be a non-empty subset of"):
+        Worker(tokens, model_id="m", protocol_versions=versions)
 
 
 def test_a_stale_socket_file_is_replaced_and_the_mode_applied(sock_path):

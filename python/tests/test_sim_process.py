@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 from fake_sidecar import FakeSidecar, ids_of, run, text_of
 from sim_process import FAST, PYTHON_DIR, SimProcess
 
@@ -122,6 +123,38 @@ def test_the_batched_schedule_sends_each_step_on_the_shared_grid(sock_dir):
         sim.stop()
 
 
+@pytest.mark.parametrize("pinned", [False, True])
+def test_batched_steps_leave_as_chunks_frames_unless_pinned_to_version_1(sock_dir, pinned):
+    args = ["--ttft-ms", "0", "--itl-ms", "50", "--tokens", "3", "--schedule", "batched"]
+    sim = SimProcess(sock_dir, args + (["--protocol-versions", "1"] if pinned else []))
+
+    async def body():
+        sidecar = await FakeSidecar.connect(sim.socket_path)
+        welcome = await sidecar.handshake(versions=[1, 2])
+        assert welcome["version"] == (1 if pinned else 2)
+        for rid in ("a", "b", "c"):
+            sidecar.generate(rid)
+        ids = {"a": [], "b": [], "c": []}
+        kinds = set()
+        ended = set()
+        while len(ended) < 3:
+            message = await sidecar.recv(2.0)
+            kinds.add(message["type"])
+            if message["type"] == "done":
+                ended.add(message["id"])
+                continue
+            for item in message["items"] if message["type"] == "chunks" else [message]:
+                ids[item["id"]].extend(item["token_ids"])
+        assert [len(v) for v in ids.values()] == [3, 3, 3]
+        assert ("chunks" in kinds) is not pinned, kinds
+        await sidecar.close()
+
+    try:
+        run(body())
+    finally:
+        sim.stop()
+
+
 def test_help_lists_the_options():
     result = subprocess.run(
         [sys.executable, "-m", "cy_worker.sim", "--help"],
@@ -142,6 +175,7 @@ def test_help_lists_the_options():
         "--fault-after-tokens",
         "--reload-eta-secs",
         "--reload-mode",
+        "--protocol-versions",
     ):
         assert option in result.stdout
 
@@ -155,6 +189,14 @@ def test_bad_options_are_refused():
         timeout=10,
     )
     assert result.returncode == 2 and "--tokens" in result.stderr
+    result = subprocess.run(
+        [sys.executable, "-m", "cy_worker.sim", "--protocol-versions", "1,3"],
+        cwd=PYTHON_DIR,
+        capture_output=True,
+        text=True,
+        timeout=10,
+    )
+    assert result.returncode == 2 and "--protocol-versions" in result.stderr
 
 
 def test_a_socket_in_use_is_reported_with_status_1(sock_dir):

@@ -58,6 +58,7 @@ class Simulator:
             max_frame_bytes=options.max_frame_bytes,
             name=f"cy-worker-sim/{__version__}",
             check_frames=options.self_check,
+            protocol_versions=options.protocol_versions,
         )
         self._reload_task: Optional[asyncio.Task] = None
 

@@ -6,9 +6,9 @@ import argparse
 import asyncio
 import logging
 import sys
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
-from ..protocol import DEFAULT_MAX_FRAME_BYTES
+from ..protocol import DEFAULT_MAX_FRAME_BYTES, SUPPORTED_VERSIONS
 from ..worker import DEFAULT_SOCKET_PATH
 from .app import Simulator
 from .directive import CODE_PATTERN, FAULT_KINDS, SCHEDULES
@@ -84,6 +84,12 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
         action="store_true",
         help="validate every frame sent and log violations (slower)",
     )
+    add(
+        "--protocol-versions",
+        type=_versions,
+        default=",".join(str(v) for v in SUPPORTED_VERSIONS),
+        help="protocol versions offered, comma-separated (1 alone: one chunk frame per chunk)",
+    )
     add("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     options = parser.parse_args(argv)
 
@@ -96,6 +102,18 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
         if getattr(options, name) < 0:
             parser.error(f"--{name.replace('_', '-')} must be >= 0")
     return options
+
+
+def _versions(text: str) -> Tuple[int, ...]:
+    try:
+        versions = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        versions = ()
+    if not versions or any(v not in SUPPORTED_VERSIONS for v in versions):
+        raise argparse.ArgumentTypeError(
+            f"expected a comma-separated subset of {list(SUPPORTED_VERSIONS)}, got {text!r}"
+        )
+    return versions
 
 
 def main(argv: Optional[List[str]] = None) -> int:
