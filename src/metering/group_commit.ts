@@ -207,10 +207,10 @@ export class GroupCommitWriter {
     });
   }
 
-  // TODO(#5): at 4,000 one-token generations/s this write (about 6 us of
-  // the op and 4 us of V8 serialization per record) and the reporter's
-  // reads of the same chunks are most of what keeps durable metering near
-  // 0.85 to 0.91 of the throughput without it (target 0.9).
+  // TODO(#5): at 4,000 to 4,600 one-token generations/s this write (about
+  // 6 us of the op and 4 us of V8 serialization per record) and the
+  // reporter's reads of the same chunks are most of what keeps durable
+  // metering near 0.85 to 0.91 of the throughput without it (target 0.9).
   async #commit(batch: Write[]): Promise<void> {
     const op = this.#kv.atomic();
     const finals: Write[] = [];
