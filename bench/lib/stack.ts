@@ -33,7 +33,7 @@ export interface StackOptions {
    */
   waitReady?: boolean;
   /**
-   * The worker protocol versions the simulator offers (`--protocol-versions`);
+   * The worker protocol versions the simulator accepts (`--protocol-versions`);
    * unset: every version it speaks. `[1]` sends one chunk frame per chunk.
    */
   protocolVersions?: number[];

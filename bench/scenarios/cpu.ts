@@ -39,7 +39,7 @@ const TARGET_PCT = 5;
 interface Variant {
   label: string;
   schedule: "batched" | "own";
-  /** The versions the simulator offers; unset: all (version 2 is chosen). */
+  /** The versions the simulator accepts; unset: all (version 2 is chosen). */
   protocolVersions?: number[];
   /** Whether the target is judged on this variant's row. */
   target?: boolean;

@@ -1,9 +1,9 @@
 """One generation: pull the user's async generator under flow control.
 
 The driver pulls an item only while the generation has credit and writes it
-at once as a chunk (the connection frames it). It ends every generation with exactly one
-`done` or `error` frame (unless the connection is gone), and never lets an
-exception from user code escape.
+at once as a chunk (the connection frames it). It ends every generation with
+exactly one `done` or `error` frame (unless the connection is gone), and
+never lets an exception from user code escape.
 """
 
 from __future__ import annotations

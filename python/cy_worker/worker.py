@@ -67,9 +67,9 @@ class Worker:
         applied to the socket file (0o660: the sidecar must share our user or
         group). `check_frames` validates every frame written against the
         protocol and logs violations (slow; for tests and simulators).
-        `protocol_versions` are the versions offered to the sidecar, by
-        default every one the package speaks; `(1,)` pins version 1 (one
-        `chunk` frame per chunk).
+        `protocol_versions` are the versions the worker may choose from the
+        sidecar's `hello`, by default every one the package speaks; `(1,)`
+        pins version 1 (one `chunk` frame per chunk).
         """
         problems = []
         if not callable(generate):

@@ -155,14 +155,19 @@ def test_batched_steps_leave_as_chunks_frames_unless_pinned_to_version_1(sock_di
         sim.stop()
 
 
-def test_help_lists_the_options():
-    result = subprocess.run(
-        [sys.executable, "-m", "cy_worker.sim", "--help"],
+def run_sim_cli(*args):
+    """Run the simulator's command line to its exit (options that end it)."""
+    return subprocess.run(
+        [sys.executable, "-m", "cy_worker.sim", *args],
         cwd=PYTHON_DIR,
         capture_output=True,
         text=True,
         timeout=10,
     )
+
+
+def test_help_lists_the_options():
+    result = run_sim_cli("--help")
     assert result.returncode == 0
     for option in (
         "--socket",
@@ -181,21 +186,9 @@ def test_help_lists_the_options():
 
 
 def test_bad_options_are_refused():
-    result = subprocess.run(
-        [sys.executable, "-m", "cy_worker.sim", "--tokens", "-1"],
-        cwd=PYTHON_DIR,
-        capture_output=True,
-        text=True,
-        timeout=10,
-    )
+    result = run_sim_cli("--tokens", "-1")
     assert result.returncode == 2 and "--tokens" in result.stderr
-    result = subprocess.run(
-        [sys.executable, "-m", "cy_worker.sim", "--protocol-versions", "1,3"],
-        cwd=PYTHON_DIR,
-        capture_output=True,
-        text=True,
-        timeout=10,
-    )
+    result = run_sim_cli("--protocol-versions", "1,3")
     assert result.returncode == 2 and "--protocol-versions" in result.stderr
 
 

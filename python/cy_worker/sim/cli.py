@@ -88,7 +88,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
         "--protocol-versions",
         type=_versions,
         default=",".join(str(v) for v in SUPPORTED_VERSIONS),
-        help="protocol versions offered, comma-separated (1 alone: one chunk frame per chunk)",
+        help="protocol versions accepted, comma-separated (1 alone: one chunk frame per chunk)",
     )
     add("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     options = parser.parse_args(argv)
