@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional
 
 from .generation import Generation
 from .protocol import (
-    CHUNK_HEAD,
     CHUNKS_HEAD,
     CHUNKS_OVERHEAD,
     CHUNKS_TAIL,
@@ -24,6 +23,7 @@ from .protocol import (
     Failure,
     FrameDecoder,
     check_frame,
+    chunk_frame,
     decode_message,
     encode_frame,
     encode_json,
@@ -227,8 +227,7 @@ class Connection(asyncio.Protocol):
         chunk fits one `chunk` frame.
         """
         if self.version < 2:
-            payload = CHUNK_HEAD + item[1:]
-            self.write(pack_length(len(payload)) + payload)
+            self.write(chunk_frame(item))
             return
         if not self._flush_scheduled:
             self._schedule_flush()
@@ -248,10 +247,10 @@ class Connection(asyncio.Protocol):
                 size += 1 + len(items[end])
                 end += 1
             if end - start == 1:
-                payload = CHUNK_HEAD + items[start][1:]
+                frame = chunk_frame(items[start])
             else:
                 payload = CHUNKS_HEAD + b",".join(items[start:end]) + CHUNKS_TAIL
-            frame = pack_length(len(payload)) + payload
+                frame = pack_length(len(payload)) + payload
             if check:
                 self._check(frame)
             self._pending.append(frame)

@@ -65,6 +65,13 @@ CHUNK_FRAME_EXTRA = len(CHUNK_HEAD) - 1
 """What a `chunk` frame's payload adds to its item's size."""
 
 
+def chunk_frame(item: bytes) -> bytes:
+    """The whole `chunk` frame (length included) of one item."""
+    return b"".join(
+        (pack_length(len(item) + CHUNK_FRAME_EXTRA), CHUNK_HEAD, memoryview(item)[1:])
+    )
+
+
 class Failure:
     """Why bytes could not be read as a message: a kind and a detail."""
 
