@@ -13,6 +13,7 @@ from cy_worker.protocol import (
     decode_message,
     encode_frame,
     pack_length,
+    parse_json,
 )
 
 PING = {"type": "ping", "seq": 7}
@@ -64,6 +65,47 @@ def test_nan_and_infinity_are_not_json():
 def test_deep_nesting_is_bad_json_not_a_crash():
     result = decode_message(b"[" * 100_000, TO_WORKER)
     assert isinstance(result, Failure) and result.kind == "bad_json"
+
+
+# What `json.loads` accepts and refuses, NaN and Infinity aside. Only the
+# wording of the error may differ (for a byte order mark).
+JSON_TEXTS = [
+    '{"a":1}',
+    ' \t{"a":[1,2]}\r\n',
+    '"x"',
+    "0",
+    "",
+    "   ",
+    '{"a":1} x',
+    '{"a":1}{}',
+    "1 2",
+    '{"a":1}\u00a0',
+    '\ufeff{"a":1}',
+    '{"a":',
+]
+
+
+def test_parse_json_accepts_and_refuses_what_json_loads_does():
+    for text in JSON_TEXTS:
+        try:
+            expected = ("value", json.loads(text))
+        except json.JSONDecodeError as exc:
+            expected = ("error", exc.pos)
+        try:
+            got = ("value", parse_json(text))
+        except json.JSONDecodeError as exc:
+            got = ("error", exc.pos)
+        assert got == expected, text
+
+
+def test_parse_json_refuses_nan_and_infinity_that_json_loads_accepts():
+    for text in ("NaN", " Infinity", '{"a":-Infinity}'):
+        try:
+            parse_json(text)
+        except ValueError as exc:
+            assert "not valid JSON" in str(exc)
+        else:
+            raise AssertionError(f"{text!r} was accepted")
 
 
 def test_booleans_are_not_integers_but_integral_floats_are():
