@@ -70,6 +70,7 @@ class Connection(asyncio.Protocol):
         self._handlers = {
             "generate": self._on_generate,
             "credit": self._on_credit,
+            "credits": self._on_credits,
             "cancel": self._on_cancel,
             "ping": self._on_ping,
             "hello": self._on_hello,
@@ -322,6 +323,16 @@ class Connection(asyncio.Protocol):
         generation = self.generations.get(message["id"])
         if generation is not None:
             generation.add_credit(int(message["chunks"]))
+
+    def _on_credits(self, message: dict) -> None:
+        if self.version < 2:
+            self.fail(Failure("bad_field", f"'credits' on protocol version {self.version}"))
+            return
+        generations = self.generations
+        for item in message["items"]:
+            generation = generations.get(item["id"])
+            if generation is not None:
+                generation.add_credit(int(item["chunks"]))
 
     def _on_cancel(self, message: dict) -> None:
         generation = self.generations.get(message["id"])

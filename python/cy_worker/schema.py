@@ -151,6 +151,21 @@ def _check_items(message: dict) -> Optional[str]:
     return None
 
 
+_CREDIT_MEMBERS: Members = {"id": _ID, "chunks": (True, _int_at_least(1), "an integer >= 1")}
+
+
+def _check_credit_items(message: dict) -> Optional[str]:
+    for i, item in enumerate(message["items"]):
+        if type(item) is not dict:
+            return f"member 'items[{i}]' must be an object"
+        problem = _check_members(item, _CREDIT_MEMBERS, f"items[{i}].")
+        if problem is not None:
+            return f"items[{i}]: {problem}"
+    return None
+
+
+_NON_EMPTY_ARRAY = (True, lambda v: type(v) is list and len(v) > 0, "a non-empty array")
+
 _USAGE: Members = {"prompt_tokens": _COUNT, "completion_tokens": _COUNT}
 
 
@@ -184,7 +199,9 @@ SCHEMAS: Dict[str, Dict[str, Check]] = {
             _check_generate,
         ),
         "cancel": _members({"id": _ID, "reason": (False, _is_str, "a string")}),
-        "credit": _members({"id": _ID, "chunks": (True, _int_at_least(1), "an integer >= 1")}),
+        "credit": _members(_CREDIT_MEMBERS),
+        # Protocol version 2: credit for several generations in one frame.
+        "credits": _members({"items": _NON_EMPTY_ARRAY}, _check_credit_items),
         "ping": _members({"seq": _SEQ}),
         # Sent by a sidecar that found a protocol error, just before it closes.
         "error": _members(
@@ -209,10 +226,7 @@ SCHEMAS: Dict[str, Dict[str, Check]] = {
         ),
         "chunk": _members(_CHUNK_MEMBERS, _check_chunk),
         # Protocol version 2: several chunks in one frame.
-        "chunks": _members(
-            {"items": (True, lambda v: type(v) is list and len(v) > 0, "a non-empty array")},
-            _check_items,
-        ),
+        "chunks": _members({"items": _NON_EMPTY_ARRAY}, _check_items),
         "done": _members(
             {
                 "id": _ID,

@@ -71,3 +71,61 @@ def test_credit_and_cancel_for_unknown_ids_are_ignored(sock_path):
             await sidecar.close()
 
     run(body())
+
+
+async def chunk_texts(sidecar, count):
+    """The next `count` chunks as (id, text), whether framed alone or together."""
+    got = []
+    while len(got) < count:
+        message = await sidecar.recv()
+        items = message["items"] if message["type"] == "chunks" else [message]
+        for item in items:
+            assert "text" in item, message
+            got.append((item["id"], item["text"]))
+    return got
+
+
+def test_a_credits_frame_on_version_2_adds_credit_to_each_generation_it_names(sock_path):
+    pulls = []
+
+    async def body():
+        async with serving(counting_generator(pulls), sock_path):
+            sidecar = await FakeSidecar.open(sock_path, versions=[1, 2])
+            sidecar.generate("a", credit=1)
+            sidecar.generate("b", credit=1)
+            assert sorted(await chunk_texts(sidecar, 2)) == [("a", "t0"), ("b", "t0")]
+            await sidecar.expect_silence(0.1)
+
+            # An id not in flight (one that already ended) is ignored.
+            sidecar.send(
+                {
+                    "type": "credits",
+                    "items": [
+                        {"id": "a", "chunks": 2},
+                        {"id": "gone", "chunks": 5},
+                        {"id": "b", "chunks": 1},
+                    ],
+                }
+            )
+            got = await chunk_texts(sidecar, 3)
+            assert [t for i, t in got if i == "a"] == ["t1", "t2"]
+            assert [t for i, t in got if i == "b"] == ["t1"]
+            await sidecar.expect_silence(0.1)
+            assert sorted(pulls) == [0, 0, 1, 1, 2]
+            await sidecar.close()
+
+    run(body())
+
+
+def test_a_credits_frame_on_version_1_is_a_protocol_error(sock_path):
+    async def body():
+        async with serving(counting_generator([]), sock_path):
+            sidecar = await FakeSidecar.open(sock_path, versions=[1])
+            sidecar.generate("a", credit=1)
+            await sidecar.recv()
+            sidecar.send({"type": "credits", "items": [{"id": "a", "chunks": 2}]})
+            error = await sidecar.until_end_of_connection()
+            assert error["code"] == "protocol"
+            assert "'credits' on protocol version 1" in error["message"], error
+
+    run(body())

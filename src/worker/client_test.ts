@@ -42,6 +42,65 @@ Deno.test("client grants credit in half-window batches as the gateway takes chun
     deepStrictEqual(credit, { type: "credit", id: "a", chunks: 2 });
   }));
 
+Deno.test("on protocol version 2, the grants of one tick leave as one credits frame", () =>
+  withClient({ welcome: { version: 2 } }, async ({ peer, generating }) => {
+    const a = await generating("a");
+    const b = await generating("b");
+
+    a.handle.grant(2);
+    b.handle.grant(2);
+    a.handle.grant(2);
+    const credits = await peer.expect("credits");
+    deepStrictEqual(credits, {
+      type: "credits",
+      items: [{ id: "a", chunks: 4 }, { id: "b", chunks: 2 }],
+    });
+
+    // A lone grant is a plain credit frame.
+    b.handle.grant(2);
+    deepStrictEqual(await peer.expect("credit"), {
+      type: "credit",
+      id: "b",
+      chunks: 2,
+    });
+    equal(peer.received.filter((m) => m.type === "credits").length, 1);
+  }));
+
+Deno.test("a cancel drops the credit granted to its generation earlier in the tick", () =>
+  withClient({ welcome: { version: 2 } }, async ({ peer, generating }) => {
+    const a = await generating("a");
+    const b = await generating("b");
+
+    a.handle.grant(2);
+    b.handle.grant(2);
+    a.handle.cancel("client_cancelled");
+    equal((await peer.expect("cancel")).id, "a");
+    deepStrictEqual(await peer.expect("credit"), {
+      type: "credit",
+      id: "b",
+      chunks: 2,
+    });
+    ok(!peer.received.some((m) => m.type === "credits"));
+  }));
+
+Deno.test("credits frames are split at the worker's frame limit", () =>
+  withClient({
+    welcome: { version: 2, max_frame_bytes: 1024, max_concurrency: 32 },
+  }, async ({ peer, generating }) => {
+    const ids = Array.from({ length: 24 }, (_, i) => `${i}-`.padEnd(100, "x"));
+    const handles = [];
+    for (const id of ids) handles.push((await generating(id)).handle);
+
+    for (const h of handles) h.grant(2);
+    const items: { id: string; chunks: number }[] = [];
+    while (items.length < ids.length) {
+      const frame = await peer.expect("credits");
+      ok(new TextEncoder().encode(JSON.stringify(frame)).length <= 1024);
+      items.push(...frame.items);
+    }
+    deepStrictEqual(items, ids.map((id) => ({ id, chunks: 2 })));
+  }));
+
 Deno.test("a chunk sent without credit fails only that generation", () =>
   withClient({
     streamCreditChunks: 1,

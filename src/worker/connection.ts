@@ -4,6 +4,11 @@
  * queued in the same tick into one socket write. Opening it (the
  * handshake) is `handshake.ts`.
  *
+ * Credit is granted through {@link WorkerConnection.grant}: on protocol
+ * version 2 the grants of one tick leave as one `credits` frame (a lone
+ * grant as `credit`), so that a worker parses one frame for a decode
+ * step's worth of grants rather than one per generation.
+ *
  * The connection reports what it reads and why it closed; what a message
  * means for generations and for the worker's state is decided by
  * {@link WorkerClient}.
@@ -16,7 +21,12 @@ import {
   FrameTooLargeError,
   WorkerConnectionError,
 } from "./connection_errors.ts";
-import { encodeFrame, type FrameDecoder, HEADER_BYTES } from "./framing.ts";
+import {
+  encodeFrame,
+  type FrameDecoder,
+  HEADER_BYTES,
+  textFrame,
+} from "./framing.ts";
 import { type ConnectOptions, openHandshake } from "./handshake.ts";
 import type { SidecarMessage, WelcomeMsg, WorkerMessage } from "./messages.ts";
 import {
@@ -54,6 +64,8 @@ export class WorkerConnection {
   #flushWaiters: (() => void)[] = [];
   #onClose: ((err: WorkerConnectionError) => void) | null = null;
   #peerMaxFrameBytes: number;
+  /** Version 2: grants of this tick by generation id, sent at the flush. */
+  #grants = new Map<string, number>();
 
   private constructor(
     conn: Deno.UnixConn,
@@ -124,8 +136,63 @@ export class WorkerConnection {
         this.#peerMaxFrameBytes,
       );
     }
+    // "After a cancel, no more credit comes": a grant made earlier in
+    // this tick would otherwise leave after it.
+    if (message.type === "cancel") this.#grants.delete(message.id);
     this.#enqueue(frame);
     return true;
+  }
+
+  /**
+   * Adds `chunks` to a generation's credit at the worker. On version 1 a
+   * `credit` frame is queued now; on version 2 grants are gathered until
+   * the tick's frames are written. Returns false if the connection is
+   * closed (the grant is dropped).
+   */
+  grant(id: string, chunks: number): boolean {
+    if (this.#closed) return false;
+    if (this.welcome.version < 2) {
+      return this.send({ type: "credit", id, chunks });
+    }
+    this.#grants.set(id, (this.#grants.get(id) ?? 0) + chunks);
+    if (!this.#flushing) {
+      this.#flushing = true;
+      queueMicrotask(() => this.#flush());
+    }
+    return true;
+  }
+
+  /**
+   * Queues the gathered grants: one `credit` frame for a lone grant,
+   * otherwise `credits` frames of as many items as the worker's frame
+   * limit allows. Ids are printable ASCII (the gateway checks them), so a
+   * string's length is its size in bytes.
+   */
+  #queueGrants(): void {
+    if (this.#grants.size === 0) return;
+    const grants = this.#grants;
+    this.#grants = new Map();
+    if (grants.size === 1) {
+      const [[id, chunks]] = grants;
+      this.#enqueue(encodeFrame({ type: "credit", id, chunks }));
+      return;
+    }
+    const head = '{"type":"credits","items":[';
+    const limit = this.#peerMaxFrameBytes - head.length - 2;
+    let items: string[] = [];
+    let size = 0;
+    for (const [id, chunks] of grants) {
+      const item = `{"id":${JSON.stringify(id)},"chunks":${chunks}}`;
+      const add = item.length + (items.length > 0 ? 1 : 0);
+      if (items.length > 0 && size + add > limit) {
+        this.#enqueue(textFrame(head + items.join(",") + "]}"));
+        items = [];
+        size = 0;
+      }
+      size += item.length + (items.length > 0 ? 1 : 0);
+      items.push(item);
+    }
+    this.#enqueue(textFrame(head + items.join(",") + "]}"));
   }
 
   /**
@@ -187,6 +254,7 @@ export class WorkerConnection {
     shut(this.#conn);
     this.#queue = [];
     this.#queuedBytes = 0;
+    this.#grants.clear();
     this.#wakeFlushWaiters();
   }
 
@@ -196,7 +264,9 @@ export class WorkerConnection {
 
   async #flush(): Promise<void> {
     try {
-      while (this.#queue.length > 0 && !this.#shut) {
+      for (;;) {
+        if (!this.#closed) this.#queueGrants();
+        if (this.#queue.length === 0 || this.#shut) break;
         const frames = this.#queue;
         const total = this.#queuedBytes;
         this.#queue = [];

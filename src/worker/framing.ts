@@ -150,7 +150,12 @@ const encoder = new TextEncoder();
 
 /** Encodes one message as a frame: length prefix and JSON payload. */
 export function encodeFrame(message: unknown): Uint8Array {
-  const payload = encoder.encode(JSON.stringify(message));
+  return textFrame(JSON.stringify(message));
+}
+
+/** Frames a payload already written as JSON text. */
+export function textFrame(json: string): Uint8Array {
+  const payload = encoder.encode(json);
   const frame = new Uint8Array(HEADER_BYTES + payload.length);
   new DataView(frame.buffer).setUint32(0, payload.length);
   frame.set(payload, HEADER_BYTES);

@@ -267,17 +267,14 @@ export class Generations {
       grant: (chunks) => {
         if (ex.phase !== "active") return;
         ex.pendingGrant += chunks;
-        // Batch credit: one frame per half window keeps the worker busy
-        // without a frame per token.
+        // Batch credit: one grant per half window keeps the worker busy
+        // without one per token; on version 2 the grants of one tick also
+        // share a frame (connection.ts).
         if (
           ex.pendingGrant * 2 >= this.#o.streamCreditChunks || ex.credit === 0
         ) {
           ex.credit += ex.pendingGrant;
-          this.#link.conn()?.send({
-            type: "credit",
-            id: ex.request.id,
-            chunks: ex.pendingGrant,
-          });
+          this.#link.conn()?.grant(ex.request.id, ex.pendingGrant);
           ex.pendingGrant = 0;
         }
       },

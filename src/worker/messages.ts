@@ -72,6 +72,18 @@ export interface CreditMsg {
   chunks: number;
 }
 
+/** A `credit` without `type`: one item of a `credits` frame. */
+export type CreditItem = Omit<CreditMsg, "type">;
+
+/**
+ * Credit for several generations in one frame (protocol version 2): the
+ * grants the sidecar made in one tick, one item per generation.
+ */
+export interface CreditsMsg {
+  type: "credits";
+  items: CreditItem[];
+}
+
 export interface PingMsg {
   type: "ping";
   seq: number;
@@ -93,6 +105,7 @@ export type SidecarMessage =
   | GenerateMsg
   | CancelMsg
   | CreditMsg
+  | CreditsMsg
   | PingMsg
   | SidecarErrorMsg;
 
@@ -394,6 +407,24 @@ const sidecarChecks: Record<string, (m: Obj) => void> = {
   credit(m) {
     id(m);
     int(m, "chunks", 1);
+  },
+  credits(m) {
+    const items = m.items;
+    if (!Array.isArray(items) || items.length === 0) {
+      fail("credits", `"items" must be a non-empty array`);
+    }
+    for (let i = 0; i < items.length; i++) {
+      const item = items[i];
+      if (typeof item !== "object" || item === null || Array.isArray(item)) {
+        fail("credits", `"items"[${i}] must be an object`);
+      }
+      try {
+        sidecarChecks.credit(item as Obj);
+      } catch (err) {
+        if (!(err instanceof FieldError)) throw err;
+        fail("credits", `"items"[${i}]: ${err.detail}`);
+      }
+    }
   },
   ping(m) {
     int(m, "seq", 0);
