@@ -1,7 +1,10 @@
 /**
  * Summarizes a V8 CPU profile (`deno run --cpu-prof`): where the sidecar's
  * CPU time went, by function and by source file, so that a missed CPU
- * target comes with the place to look.
+ * target comes with the place to look. Self time says which code is hot;
+ * time with callees included, by file and directory of `src/`, says what a
+ * concern of the sidecar (metering, say) costs in all, native work it
+ * calls (a Deno KV write, V8 serialization) included.
  *
  * @module
  */
@@ -14,6 +17,7 @@ interface ProfileNode {
     lineNumber: number;
   };
   hitCount?: number;
+  children?: number[];
 }
 
 interface CpuProfile {
@@ -38,6 +42,12 @@ export interface ProfileSummary {
   busyMs: number;
   functions: Share[];
   files: Share[];
+  /**
+   * Each of the sidecar's own files and directories under `src/`
+   * (directories end in `/`), with the busy samples whose stack passes
+   * through it: callees included, each sample counted once per entry.
+   */
+  inclusive: Share[];
 }
 
 // Samples that are not JavaScript or native work of the sidecar's own.
@@ -46,13 +56,24 @@ const NOT_BUSY = new Set(["(idle)", "(program)", "(root)"]);
 /** Shortens a script URL to what identifies it: the repo path or package. */
 function fileOf(url: string): string {
   if (!url) return "[native code]";
-  const src = url.match(/\/(src\/.+)$/);
-  if (src) return src[1];
+  // Packages first: grpc-js has a src/ directory of its own.
   const npm = url.match(
     /registry\.npmjs\.org\/((?:@[^/]+\/)?[^/]+)\/[^/]+\/(.+)$/,
   );
   if (npm) return `npm:${npm[1]}/${npm[2]}`;
+  const src = url.match(/\/(src\/.+)$/);
+  if (src) return src[1];
   return url.replace(/^file:\/\/.*\/main\//, "");
+}
+
+/** A `src/` file and each directory above it: `src/a/b.ts`, `src/a/`, `src/`. */
+function ownEntries(file: string): string[] {
+  if (!file.startsWith("src/")) return [];
+  const entries = [file];
+  for (let i = file.lastIndexOf("/"); i > 0; i = file.lastIndexOf("/", i - 1)) {
+    entries.push(file.slice(0, i + 1));
+  }
+  return entries;
 }
 
 /** Summarizes the profile at `path`, keeping the top `top` entries. */
@@ -79,6 +100,42 @@ export async function summarizeProfile(
     byFunction.set(fn, (byFunction.get(fn) ?? 0) + hits);
     byFile.set(file, (byFile.get(file) ?? 0) + hits);
   }
+  // Callees included: a node's hits count for every own file on its path
+  // from the root. Children come after their parent in V8's node list.
+  const parentOf = new Map<number, number>();
+  for (const n of profile.nodes) {
+    for (const c of n.children ?? []) parentOf.set(c, n.id);
+  }
+  const byId = new Map(profile.nodes.map((n) => [n.id, n]));
+  const onPath = new Map<number, Set<string>>();
+  const pathOf = (id: number): Set<string> => {
+    const known = onPath.get(id);
+    if (known) return known;
+    // Walk up to the nearest node already known, then fill in downwards.
+    const chain: number[] = [];
+    let at: number | undefined = id;
+    while (at !== undefined && !onPath.has(at)) {
+      chain.push(at);
+      at = parentOf.get(at);
+    }
+    let set = at === undefined ? new Set<string>() : onPath.get(at)!;
+    for (let i = chain.length - 1; i >= 0; i--) {
+      const node = byId.get(chain[i])!;
+      const own = ownEntries(fileOf(node.callFrame.url));
+      if (own.some((e) => !set.has(e))) set = new Set([...set, ...own]);
+      onPath.set(chain[i], set);
+    }
+    return set;
+  };
+  const inclusive = new Map<string, number>();
+  for (const n of profile.nodes) {
+    const hits = n.hitCount ?? 0;
+    if (!hits || NOT_BUSY.has(n.callFrame.functionName)) continue;
+    for (const e of pathOf(n.id)) {
+      inclusive.set(e, (inclusive.get(e) ?? 0) + hits);
+    }
+  }
+
   const rank = (m: Map<string, number>): Share[] =>
     [...m].sort((a, b) => b[1] - a[1]).slice(0, top).map(([name, hits]) => ({
       name,
@@ -90,6 +147,7 @@ export async function summarizeProfile(
     busyMs: busy * msPerHit,
     functions: rank(byFunction),
     files: rank(byFile),
+    inclusive: rank(inclusive),
   };
 }
 
@@ -116,5 +174,9 @@ ${table(s.functions, "function and location")}
 ### By file (self time)
 
 ${table(s.files, "file")}
+
+### The sidecar's own files and directories, callees included
+
+${table(s.inclusive, "file or directory")}
 `;
 }

@@ -13,7 +13,7 @@ export interface Options {
   outDir: string;
   /** Scenario numbers to run ("1".."7"); all when null. */
   only: Set<string> | null;
-  /** Profile the sidecar's CPU in scenario 4 (default: when its target is missed). */
+  /** Profile the sidecar's CPU in scenarios 2, 4 and 6 (default: when a target is missed). */
   profile: "auto" | "always" | "never";
 }
 
@@ -69,8 +69,8 @@ scenario, prints a table and writes bench/results/latest.{json,md}.
   --reps N           repetitions per figure (default 3; 1 with --smoke)
   --soak-secs N      length of the memory soak (default 600; 5 with --smoke)
   --only LIST        scenarios to run, e.g. --only 1,4 (default: all seven)
-  --profile MODE     sidecar CPU profile in scenario 4: auto (when its target
-                     is missed), always or never (default auto)
+  --profile MODE     sidecar CPU profiles in scenarios 2, 4 and 6: auto (when
+                     their target is missed), always or never (default auto)
   --out DIR          where results go (default bench/results)
   --no-install       (bench/run.sh) do not apt-get install nginx
   --help             this text

@@ -7,9 +7,13 @@
  */
 
 import type { Context } from "./context.ts";
-import { profileMarkdown, summarizeProfile } from "./cpu_profile.ts";
+import {
+  profileMarkdown,
+  type ProfileSummary,
+  summarizeProfile,
+} from "./cpu_profile.ts";
 import { type LoadSpec, runGrpc } from "./load.ts";
-import { startStack, waitIdle } from "./stack.ts";
+import { type MeteringMode, startStack, waitIdle } from "./stack.ts";
 
 /** What to profile, and where the summary goes. */
 export interface ProfileRun {
@@ -19,15 +23,23 @@ export interface ProfileRun {
   spec: LoadSpec;
   /** File name (without extension) in the results directory. */
   file: string;
+  /** The sidecar's metering mode; durable by default. */
+  metering?: MeteringMode;
 }
 
-/** Runs `run.spec` once under the profiler and reports where time went. */
-export async function profileRun(ctx: Context, run: ProfileRun): Promise<void> {
+/**
+ * Runs `run.spec` once under the profiler and reports where time went;
+ * returns the summary, or null when no profile was written.
+ */
+export async function profileRun(
+  ctx: Context,
+  run: ProfileRun,
+): Promise<ProfileSummary | null> {
   const { env, report, options } = ctx;
   const dir = await Deno.makeTempDir({ dir: "/tmp", prefix: "cybp" });
   try {
     const stack = await startStack(env, {
-      metering: "durable",
+      metering: run.metering ?? "durable",
       denoFlags: [`--cpu-prof-dir=${dir}`, "--cpu-prof-md"],
     });
     try {
@@ -41,7 +53,7 @@ export async function profileRun(ctx: Context, run: ProfileRun): Promise<void> {
     const prof = files.find((f) => f.endsWith(".cpuprofile"));
     if (!prof) {
       report.note(`${run.scenario}: the CPU profile run wrote no profile`);
-      return;
+      return null;
     }
     const summary = await summarizeProfile(`${dir}/${prof}`);
     await Deno.mkdir(options.outDir, { recursive: true });
@@ -67,6 +79,7 @@ export async function profileRun(ctx: Context, run: ProfileRun): Promise<void> {
           top(summary.functions, 6, "; ")
         }.`,
     );
+    return summary;
   } finally {
     await Deno.remove(dir, { recursive: true }).catch(() => {});
   }

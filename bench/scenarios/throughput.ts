@@ -19,6 +19,7 @@ import {
   nodeCeilingDir,
   startCeiling,
 } from "../lib/ceiling.ts";
+import type { ProfileSummary } from "../lib/cpu_profile.ts";
 import { profileRun } from "../lib/profile_run.ts";
 import {
   failures,
@@ -290,7 +291,7 @@ export async function throughput(
       "/s",
       { digits: 0 },
     );
-    report.add(
+    const shortRatio = report.add(
       SIX,
       "short generations: durable / off",
       SHORT_LOAD,
@@ -335,5 +336,56 @@ export async function throughput(
       "",
       { digits: 2 },
     );
+    const { options, durations: d } = ctx;
+    if (
+      options.profile === "always" ||
+      (options.profile === "auto" && shortRatio.value < 0.9 && !options.smoke)
+    ) {
+      await profileMetering(ctx, {
+        ...SHORT,
+        itlMs: 0,
+        durationS: d.throughputS,
+        warmupS: d.warmupS,
+      });
+    }
   }
+}
+
+/**
+ * Profiles the short-generation load with metering durable and off, and
+ * notes what the sidecar's metering code costs with its callees (the Deno
+ * KV ops and V8 serialization it calls): the share of the CPU that the
+ * throughput ratio, noisy between repetitions, comes from.
+ */
+async function profileMetering(ctx: Context, spec: LoadSpec): Promise<void> {
+  const share = (s: ProfileSummary | null, entry: string) =>
+    s?.inclusive.find((x) => x.name === entry)?.pct ?? 0;
+  const durable = await profileRun(ctx, {
+    scenario: SIX,
+    label: `${SHORT_LOAD}, metering durable`,
+    spec,
+    file: "cpu-profile-metering-durable",
+    metering: "durable",
+  });
+  const off = await profileRun(ctx, {
+    scenario: SIX,
+    label: `${SHORT_LOAD}, metering off`,
+    spec,
+    file: "cpu-profile-metering-off",
+    metering: "off",
+  });
+  if (!durable || !off) return;
+  const files = durable.inclusive
+    .filter((x) => x.name.startsWith("src/metering/") && x.name.endsWith(".ts"))
+    .slice(0, 4)
+    .map((x) => `${x.name.slice("src/metering/".length)} ${x.pct.toFixed(1)}%`)
+    .join(", ");
+  ctx.report.note(
+    `${SIX}: with callees included, src/metering/ takes ${
+      share(durable, "src/metering/").toFixed(1)
+    }% of the sidecar's busy samples with metering durable (${files}) and ${
+      share(off, "src/metering/").toFixed(1)
+    }% with it off, at ${SHORT_LOAD}; busy CPU per generation cannot be ` +
+      "compared from these runs (profiling slows the sidecar).",
+  );
 }
