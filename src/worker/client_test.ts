@@ -83,6 +83,38 @@ Deno.test("a cancel drops the credit granted to its generation earlier in the ti
     ok(!peer.received.some((m) => m.type === "credits"));
   }));
 
+Deno.test("grants leave before a frame sent after them, so a reused id gets none of the old credit", () =>
+  withClient({
+    welcome: { version: 2, max_concurrency: 2 },
+  }, async ({ client, peer, generating }) => {
+    const a = await generating("a");
+    const b = await generating("b");
+    await peer.send({
+      type: "done",
+      id: "b",
+      finish_reason: "stop",
+      usage: { prompt_tokens: 1, completion_tokens: 0 },
+    });
+    await b.sink.until((e) => "done" in e);
+
+    // In one tick: credit for a, a new generation b, credit for a again.
+    a.handle.grant(2);
+    const again = new Recorder();
+    ok(client.submit(request("b"), again).ok);
+    a.handle.grant(2);
+    await peer.expect("generate");
+    await peer.expect("credit");
+    await peer.expect("credit");
+    const after = peer.received.slice(-3).map((m) =>
+      m.type === "generate" ? `generate ${m.id}` : JSON.stringify(m)
+    );
+    deepStrictEqual(after, [
+      JSON.stringify({ type: "credit", id: "a", chunks: 2 }),
+      "generate b",
+      JSON.stringify({ type: "credit", id: "a", chunks: 2 }),
+    ]);
+  }));
+
 Deno.test("credits frames are split at the worker's frame limit", () =>
   withClient({
     welcome: { version: 2, max_frame_bytes: 1024, max_concurrency: 32 },

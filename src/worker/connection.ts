@@ -5,9 +5,11 @@
  * handshake) is `handshake.ts`.
  *
  * Credit is granted through {@link WorkerConnection.grant}: on protocol
- * version 2 the grants of one tick leave as one `credits` frame (a lone
- * grant as `credit`), so that a worker parses one frame for a decode
- * step's worth of grants rather than one per generation.
+ * version 2 the grants made one after another in a tick leave as one
+ * `credits` frame (a lone grant as `credit`), so that a worker parses one
+ * frame for a decode step's worth of grants rather than one per
+ * generation. Any other frame sent meanwhile goes after the grants before
+ * it, so frames keep the order in which they were sent.
  *
  * The connection reports what it reads and why it closed; what a message
  * means for generations and for the worker's state is decided by
@@ -136,9 +138,14 @@ export class WorkerConnection {
         this.#peerMaxFrameBytes,
       );
     }
-    // "After a cancel, no more credit comes": a grant made earlier in
-    // this tick would otherwise leave after it.
-    if (message.type === "cancel") this.#grants.delete(message.id);
+    // Grants gathered so far leave before this frame, as they would one
+    // by one on version 1: a generate reusing the id of a generation that
+    // just ended must not receive that generation's credit. A cancel's own
+    // generation gets no more credit at all.
+    if (this.#grants.size > 0) {
+      if (message.type === "cancel") this.#grants.delete(message.id);
+      this.#queueGrants();
+    }
     this.#enqueue(frame);
     return true;
   }
@@ -146,8 +153,8 @@ export class WorkerConnection {
   /**
    * Adds `chunks` to a generation's credit at the worker. On version 1 a
    * `credit` frame is queued now; on version 2 grants are gathered until
-   * the tick's frames are written. Returns false if the connection is
-   * closed (the grant is dropped).
+   * the next other frame or the tick's write. Returns false if the
+   * connection is closed (the grant is dropped).
    */
   grant(id: string, chunks: number): boolean {
     if (this.#closed) return false;
