@@ -136,8 +136,8 @@ export async function summarizeProfile(
     }
   }
 
-  const rank = (m: Map<string, number>): Share[] =>
-    [...m].sort((a, b) => b[1] - a[1]).slice(0, top).map(([name, hits]) => ({
+  const rank = (m: Map<string, number>, n = top): Share[] =>
+    [...m].sort((a, b) => b[1] - a[1]).slice(0, n).map(([name, hits]) => ({
       name,
       pct: busy ? (100 * hits) / busy : 0,
       ms: hits * msPerHit,
@@ -147,7 +147,8 @@ export async function summarizeProfile(
     busyMs: busy * msPerHit,
     functions: rank(byFunction),
     files: rank(byFile),
-    inclusive: rank(inclusive),
+    // Every own file: a concern's parts are looked up by name.
+    inclusive: rank(inclusive, Infinity),
   };
 }
 
@@ -177,6 +178,6 @@ ${table(s.files, "file")}
 
 ### The sidecar's own files and directories, callees included
 
-${table(s.inclusive, "file or directory")}
+${table(s.inclusive.slice(0, 25), "file or directory")}
 `;
 }
