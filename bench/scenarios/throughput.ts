@@ -360,20 +360,16 @@ export async function throughput(
 async function profileMetering(ctx: Context, spec: LoadSpec): Promise<void> {
   const share = (s: ProfileSummary | null, entry: string) =>
     s?.inclusive.find((x) => x.name === entry)?.pct ?? 0;
-  const durable = await profileRun(ctx, {
-    scenario: SIX,
-    label: `${SHORT_LOAD}, metering durable`,
-    spec,
-    file: "cpu-profile-metering-durable",
-    metering: "durable",
-  });
-  const off = await profileRun(ctx, {
-    scenario: SIX,
-    label: `${SHORT_LOAD}, metering off`,
-    spec,
-    file: "cpu-profile-metering-off",
-    metering: "off",
-  });
+  const profile = (metering: MeteringMode) =>
+    profileRun(ctx, {
+      scenario: SIX,
+      label: `${SHORT_LOAD}, metering ${metering}`,
+      spec,
+      file: `cpu-profile-metering-${metering}`,
+      metering,
+    });
+  const durable = await profile("durable");
+  const off = await profile("off");
   if (!durable || !off) return;
   const parts = [
     ["writing", "group_commit.ts"],

@@ -141,27 +141,24 @@ _CHUNK_MEMBERS: Members = {
 }
 
 
-def _check_items(message: dict) -> Optional[str]:
-    for i, item in enumerate(message["items"]):
-        if type(item) is not dict:
-            return f"member 'items[{i}]' must be an object"
-        problem = _check_members(item, _CHUNK_MEMBERS, f"items[{i}].") or _check_chunk(item)
-        if problem is not None:
-            return f"items[{i}]: {problem}"
-    return None
+_CHUNK = _members(_CHUNK_MEMBERS, _check_chunk)
+
+_CREDIT = _members({"id": _ID, "chunks": (True, _int_at_least(1), "an integer >= 1")})
 
 
-_CREDIT_MEMBERS: Members = {"id": _ID, "chunks": (True, _int_at_least(1), "an integer >= 1")}
+def _check_items_of(item_check: Check) -> Check:
+    """Each of a batch frame's `items`, checked as the single frame it stands for."""
 
+    def check(message: dict) -> Optional[str]:
+        for i, item in enumerate(message["items"]):
+            if type(item) is not dict:
+                return f"member 'items[{i}]' must be an object"
+            problem = item_check(item)
+            if problem is not None:
+                return f"items[{i}]: {problem}"
+        return None
 
-def _check_credit_items(message: dict) -> Optional[str]:
-    for i, item in enumerate(message["items"]):
-        if type(item) is not dict:
-            return f"member 'items[{i}]' must be an object"
-        problem = _check_members(item, _CREDIT_MEMBERS, f"items[{i}].")
-        if problem is not None:
-            return f"items[{i}]: {problem}"
-    return None
+    return check
 
 
 _NON_EMPTY_ARRAY = (True, lambda v: type(v) is list and len(v) > 0, "a non-empty array")
@@ -199,9 +196,9 @@ SCHEMAS: Dict[str, Dict[str, Check]] = {
             _check_generate,
         ),
         "cancel": _members({"id": _ID, "reason": (False, _is_str, "a string")}),
-        "credit": _members(_CREDIT_MEMBERS),
+        "credit": _CREDIT,
         # Protocol version 2: credit for several generations in one frame.
-        "credits": _members({"items": _NON_EMPTY_ARRAY}, _check_credit_items),
+        "credits": _members({"items": _NON_EMPTY_ARRAY}, _check_items_of(_CREDIT)),
         "ping": _members({"seq": _SEQ}),
         # Sent by a sidecar that found a protocol error, just before it closes.
         "error": _members(
@@ -224,9 +221,9 @@ SCHEMAS: Dict[str, Dict[str, Check]] = {
                 "eta_ms": _OPTIONAL_ETA,
             }
         ),
-        "chunk": _members(_CHUNK_MEMBERS, _check_chunk),
+        "chunk": _CHUNK,
         # Protocol version 2: several chunks in one frame.
-        "chunks": _members({"items": _NON_EMPTY_ARRAY}, _check_items),
+        "chunks": _members({"items": _NON_EMPTY_ARRAY}, _check_items_of(_CHUNK)),
         "done": _members(
             {
                 "id": _ID,

@@ -298,6 +298,31 @@ function tokenIds(m: Obj): number[] {
   return v as number[];
 }
 
+/**
+ * Checks the `items` of a batch frame (`chunks`, `credits`): a non-empty
+ * array of objects, each valid by `check` as the single frame it stands
+ * for, without its `type`.
+ */
+function items(m: Obj, check: (item: Obj) => void): void {
+  const type = m.type as string;
+  const list = m.items;
+  if (!Array.isArray(list) || list.length === 0) {
+    fail(type, `"items" must be a non-empty array`);
+  }
+  for (let i = 0; i < list.length; i++) {
+    const item = list[i];
+    if (typeof item !== "object" || item === null || Array.isArray(item)) {
+      fail(type, `"items"[${i}] must be an object`);
+    }
+    try {
+      check(item as Obj);
+    } catch (err) {
+      if (!(err instanceof FieldError)) throw err;
+      fail(type, `"items"[${i}]: ${err.detail}`);
+    }
+  }
+}
+
 const workerChecks: Record<string, (m: Obj) => void> = {
   welcome(m) {
     int(m, "version", 1);
@@ -317,22 +342,7 @@ const workerChecks: Record<string, (m: Obj) => void> = {
     }
   },
   chunks(m) {
-    const items = m.items;
-    if (!Array.isArray(items) || items.length === 0) {
-      fail("chunks", `"items" must be a non-empty array`);
-    }
-    for (let i = 0; i < items.length; i++) {
-      const item = items[i];
-      if (typeof item !== "object" || item === null || Array.isArray(item)) {
-        fail("chunks", `"items"[${i}] must be an object`);
-      }
-      try {
-        workerChecks.chunk(item as Obj);
-      } catch (err) {
-        if (!(err instanceof FieldError)) throw err;
-        fail("chunks", `"items"[${i}]: ${err.detail}`);
-      }
-    }
+    items(m, (item) => workerChecks.chunk(item));
   },
   done(m) {
     id(m);
@@ -409,22 +419,7 @@ const sidecarChecks: Record<string, (m: Obj) => void> = {
     int(m, "chunks", 1);
   },
   credits(m) {
-    const items = m.items;
-    if (!Array.isArray(items) || items.length === 0) {
-      fail("credits", `"items" must be a non-empty array`);
-    }
-    for (let i = 0; i < items.length; i++) {
-      const item = items[i];
-      if (typeof item !== "object" || item === null || Array.isArray(item)) {
-        fail("credits", `"items"[${i}] must be an object`);
-      }
-      try {
-        sidecarChecks.credit(item as Obj);
-      } catch (err) {
-        if (!(err instanceof FieldError)) throw err;
-        fail("credits", `"items"[${i}]: ${err.detail}`);
-      }
-    }
+    items(m, (item) => sidecarChecks.credit(item));
   },
   ping(m) {
     int(m, "seq", 0);
