@@ -66,7 +66,7 @@ export class WorkerConnection {
   #flushWaiters: (() => void)[] = [];
   #onClose: ((err: WorkerConnectionError) => void) | null = null;
   #peerMaxFrameBytes: number;
-  /** Version 2: grants of this tick by generation id, sent at the flush. */
+  /** Version 2: grants by generation id, queued before the next frame. */
   #grants = new Map<string, number>();
 
   private constructor(
