@@ -187,16 +187,16 @@ export class WorkerConnection {
     const head = '{"type":"credits","items":[';
     const limit = this.#peerMaxFrameBytes - head.length - 2;
     let items: string[] = [];
+    // The items' lengths; joining n of them adds n - 1 commas.
     let size = 0;
     for (const [id, chunks] of grants) {
       const item = `{"id":${JSON.stringify(id)},"chunks":${chunks}}`;
-      const add = item.length + (items.length > 0 ? 1 : 0);
-      if (items.length > 0 && size + add > limit) {
+      if (items.length > 0 && size + item.length + items.length > limit) {
         this.#enqueue(textFrame(head + items.join(",") + "]}"));
         items = [];
         size = 0;
       }
-      size += item.length + (items.length > 0 ? 1 : 0);
+      size += item.length;
       items.push(item);
     }
     this.#enqueue(textFrame(head + items.join(",") + "]}"));
