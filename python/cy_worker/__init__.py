@@ -15,12 +15,16 @@ cancellation, error reporting and status announcements.
 
     Worker(generate, model_id="m").run()
 
+A batching engine that produces every running sequence's token in one
+step is served with `Worker(engine=...)` instead (see `cy_worker.engine`).
+
 `python -m cy_worker.sim` runs a simulated model on the same code.
 """
 
 # Defined before the imports below: worker.py reads it for its default name.
 __version__ = "0.1.0"
 
+from .engine import Stream  # noqa: E402
 from .request import Request, Sampling, Token, WorkerError  # noqa: E402
 from .worker import DEFAULT_SOCKET_PATH, Worker  # noqa: E402
 
@@ -28,6 +32,7 @@ __all__ = [
     "DEFAULT_SOCKET_PATH",
     "Request",
     "Sampling",
+    "Stream",
     "Token",
     "Worker",
     "WorkerError",

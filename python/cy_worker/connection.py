@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Union
 
+from .engine import Stream
 from .generation import Generation
 from .protocol import (
     CHUNKS_HEAD,
@@ -47,7 +48,7 @@ class Connection(asyncio.Protocol):
     def __init__(self, worker: "Worker") -> None:
         self.worker = worker
         self.transport: Optional[asyncio.Transport] = None
-        self.generations: Dict[str, Generation] = {}
+        self.generations: Dict[str, Union[Generation, Stream]] = {}
         self.welcomed = False
         self.closing = False
         self.write_paused = False
@@ -185,7 +186,7 @@ class Connection(asyncio.Protocol):
             self.flush()
             self.transport.close()
 
-    def generation_ended(self, generation: Generation) -> None:
+    def generation_ended(self, generation: Union[Generation, Stream]) -> None:
         """Free the slot of a generation whose end has been reported."""
         if self.generations.get(generation.req.id) is generation:
             del self.generations[generation.req.id]
@@ -313,10 +314,18 @@ class Connection(asyncio.Protocol):
             self.send_error(refusal[0], refusal[1], request_id)
             return
 
-        generation = Generation(self, Request.from_message(message), int(message["credit"]))
-        self.generations[request_id] = generation
-        worker._generation_started()
-        generation.task = asyncio.get_running_loop().create_task(generation.run())
+        req = Request.from_message(message)
+        credit = int(message["credit"])
+        if worker.engine is not None:
+            stream = Stream(self, req, credit, worker.engine)
+            self.generations[request_id] = stream
+            worker._generation_started()
+            stream.start()
+        else:
+            generation = Generation(self, req, credit)
+            self.generations[request_id] = generation
+            worker._generation_started()
+            generation.task = asyncio.get_running_loop().create_task(generation.run())
         logger.debug("generation started id=%s session=%s", request_id, message["session_id"])
 
     def _on_credit(self, message: dict) -> None:

@@ -101,17 +101,17 @@ class Generation:
             self.conn.generation_ended(self)
 
     async def _pump(self, agen: AsyncIterator[Any]) -> None:
-        # TODO(#5): the worker side costs 0.14 to 0.15 of a grpcio worker's
-        # CPU per token (target 0.1). Frames in both directions are batched
-        # on version 2, and reading the sidecar's frames is now 5% of the
-        # worker's samples. What remains is resuming the user's generator
-        # and one chunk's JSON per token, about 1 us per token together.
+        # TODO(#5): through this API the worker costs 0.13 to 0.16 of a
+        # grpcio worker's CPU per token (target 0.1): resuming the user's
+        # generator and its task's step per token, about 1 us together, and
+        # the simulator's per-generation clock. `Worker(engine=...)`
+        # (engine.py) skips both and is at 0.06 to 0.07; this path keeps
+        # the per-request streams that vLLM's and TensorRT-LLM's async
+        # front ends offer.
         req = self.req
         conn = self.conn
         anext = agen.__anext__
         write_chunk = conn.write_chunk
-        # The largest item that still fits one chunk frame.
-        limit = conn.peer_max_frame_bytes - CHUNK_FRAME_EXTRA
         prefix = '{"id":' + encode_str(req.id) + ',"text":'
         first = True
 
@@ -131,39 +131,16 @@ class Generation:
                 raise TypeError(
                     f"generator yielded {type(item).__name__}; expected Token or (text, token_ids)"
                 ) from None
-            if type(text) is not str:
-                raise TypeError(f"chunk text must be str, not {type(text).__name__}")
-            # One token per chunk is the usual case: encode it inline.
-            if (
-                (type(ids) is tuple or type(ids) is list)
-                and len(ids) == 1
-                and type(ids[0]) is int
-                and 0 <= ids[0] <= MAX_TOKEN_ID
-            ):
-                ids_json = "[" + str(ids[0]) + "]"
-                count = 1
-            else:
-                ids_json, count = _token_ids_json(ids)
-                if count == 0 and not text:
-                    continue
-
-            tail = "}"
+            prompt = None
             if first:
                 # The prompt's size is known once prefill is done; telling
                 # the sidecar now lets it bill the prompt even if the
                 # generation is cut short before `done`.
-                first = False
                 prompt = req.prompt_tokens
-                if type(prompt) is int and prompt >= 0:
-                    tail = ',"prompt_tokens":' + str(prompt) + "}"
-            item = (prefix + encode_str(text) + ',"token_ids":' + ids_json + tail).encode()
-            if len(item) > limit:
-                size = len(item) + CHUNK_FRAME_EXTRA
-                raise WorkerError(
-                    "internal",
-                    f"chunk of {size} bytes exceeds the sidecar's max_frame_bytes "
-                    f"{conn.peer_max_frame_bytes}",
-                )
+            item, count = chunk_item(prefix, text, ids, prompt, conn.peer_max_frame_bytes)
+            if item is None:
+                continue
+            first = False
             write_chunk(item)
             self.credit -= 1
             self.completion_tokens += count
@@ -193,11 +170,54 @@ class Generation:
         logger.debug("generation ended id=%s outcome=%s", req.id, outcome[0] or "done")
 
     def _usage(self) -> dict:
-        prompt = self.req.prompt_tokens
-        if type(prompt) is not int or prompt < 0:
-            prompt = 0
-        completion = max(0, self.completion_tokens + self.usage_bias)
-        return {"prompt_tokens": prompt, "completion_tokens": completion}
+        return usage_of(self.req, self.completion_tokens + self.usage_bias)
+
+
+def usage_of(req: Request, completion_tokens: int) -> dict:
+    """`done.usage`: the prompt as the worker reported it, the tokens sent."""
+    prompt = req.prompt_tokens
+    if type(prompt) is not int or prompt < 0:
+        prompt = 0
+    return {"prompt_tokens": prompt, "completion_tokens": max(0, completion_tokens)}
+
+
+def chunk_item(
+    prefix: str, text: Any, ids: Any, prompt_tokens: Any, peer_max_frame_bytes: int
+) -> Tuple[Optional[bytes], int]:
+    """One chunk as its JSON object without `type`, and its token count.
+
+    `prefix` is `{"id":<id>,"text":`. `prompt_tokens` is given with a
+    generation's first chunk only (None otherwise; a value that is not a
+    count is left out). Returns (None, 0) for a chunk with neither text nor
+    token ids, which is not sent. Raises TypeError or ValueError for a bad
+    item, WorkerError for one too large for the sidecar's frame limit.
+    """
+    if type(text) is not str:
+        raise TypeError(f"chunk text must be str, not {type(text).__name__}")
+    # One token per chunk is the usual case: encode it inline.
+    if (
+        (type(ids) is tuple or type(ids) is list)
+        and len(ids) == 1
+        and type(ids[0]) is int
+        and 0 <= ids[0] <= MAX_TOKEN_ID
+    ):
+        ids_json = "[" + str(ids[0]) + "]"
+        count = 1
+    else:
+        ids_json, count = _token_ids_json(ids)
+        if count == 0 and not text:
+            return None, 0
+    tail = "}"
+    if prompt_tokens is not None and type(prompt_tokens) is int and prompt_tokens >= 0:
+        tail = ',"prompt_tokens":' + str(prompt_tokens) + "}"
+    item = (prefix + encode_str(text) + ',"token_ids":' + ids_json + tail).encode()
+    if len(item) > peer_max_frame_bytes - CHUNK_FRAME_EXTRA:
+        raise WorkerError(
+            "internal",
+            f"chunk of {len(item) + CHUNK_FRAME_EXTRA} bytes exceeds the sidecar's "
+            f"max_frame_bytes {peer_max_frame_bytes}",
+        )
+    return item, count
 
 
 def _token_ids_json(ids: Any) -> Tuple[str, int]:

@@ -11,7 +11,7 @@ import asyncio
 import logging
 import os
 import signal
-from typing import Any, AsyncIterator, Callable, Optional, Sequence, Set, Tuple
+from typing import Any, AsyncIterator, Callable, Iterable, Optional, Sequence, Set, Tuple
 
 from . import __version__
 from .connection import Connection
@@ -33,7 +33,7 @@ GenerateFn = Callable[[Request], AsyncIterator[Any]]
 
 
 class Worker:
-    """Serves `generate(request)`, an async generator function, to the sidecar.
+    """Serves `generate(request)`, an async generator function, or an engine, to the sidecar.
 
     Example::
 
@@ -45,13 +45,15 @@ class Worker:
         Worker(generate, model_id="m").run()
 
     `generate` must not block the event loop (run blocking model code in an
-    executor): heartbeats are answered from the loop.
+    executor): heartbeats are answered from the loop. A batching engine is
+    served with `Worker(engine=...)` instead: see `cy_worker.engine`.
     """
 
     def __init__(
         self,
-        generate: GenerateFn,
+        generate: Optional[GenerateFn] = None,
         *,
+        engine: Any = None,
         model_id: str,
         max_concurrency: int = 64,
         socket_path: str = DEFAULT_SOCKET_PATH,
@@ -67,13 +69,23 @@ class Worker:
         applied to the socket file (0o660: the sidecar must share our user or
         group). `check_frames` validates every frame written against the
         protocol and logs violations (slow; for tests and simulators).
+        `engine` serves a batching engine instead of `generate`: see
+        `cy_worker.engine` (exactly one of the two is given).
         `protocol_versions` are the versions the worker may choose from the
         sidecar's `hello`, by default every one the package speaks; `(1,)`
         pins version 1 (one `chunk` frame per chunk).
         """
         problems = []
-        if not callable(generate):
+        if (generate is None) == (engine is None):
+            problems.append("give exactly one of generate (an async generator function) and engine")
+        elif generate is not None and not callable(generate):
             problems.append(f"generate must be callable, got {generate!r}")
+        elif engine is not None:
+            missing = [m for m in ("submit", "cancel") if not callable(getattr(engine, m, None))]
+            if missing:
+                problems.append(
+                    f"engine must have callable {' and '.join(missing)}, got {engine!r:.80}"
+                )
         for check, value in ((check_model_id, model_id), (check_concurrency, max_concurrency)):
             try:
                 check(value)
@@ -98,6 +110,7 @@ class Worker:
 
         self._status = Status(model_id, max_concurrency)
         self.generate = generate
+        self.engine = engine
         self.socket_path = socket_path
         self.max_frame_bytes = max_frame_bytes
         self.socket_mode = socket_mode
@@ -276,6 +289,34 @@ class Worker:
         for connection in self._connections:
             connection.send_status(frame)
 
+    # An engine's thread
+
+    def call_soon_threadsafe(self, callback: Callable[..., Any], *args: Any) -> None:
+        """Run `callback(*args)` on the worker's event loop, from any thread."""
+        loop = self._loop
+        if loop is None:
+            raise RuntimeError("Cannot schedule: the worker is not started")
+        if _running_loop() is loop:
+            loop.call_soon(callback, *args)
+        else:
+            loop.call_soon_threadsafe(callback, *args)
+
+    def push_step(self, outputs: Iterable[Sequence[Any]]) -> None:
+        """Deliver one decode step's outputs, from the loop or any other thread.
+
+        Each output is `(stream, text, token_ids)` or `(stream, text,
+        token_ids, finish_reason)`; a finish reason other than None also
+        finishes that stream. From another thread the whole step crosses to
+        the event loop at once.
+        """
+        loop = self._loop
+        if loop is None:
+            raise RuntimeError("Cannot push: the worker is not started")
+        if _running_loop() is loop:
+            _push_step(outputs)
+        else:
+            loop.call_soon_threadsafe(_push_step, list(outputs))
+
     # Called by connections
 
     def _welcome(self, version: int) -> dict:
@@ -299,6 +340,17 @@ class Worker:
         self._in_flight -= 1
         if self._in_flight == 0 and self._idle is not None:
             self._idle.set()
+
+
+def _push_step(outputs: Iterable[Sequence[Any]]) -> None:
+    finished = []
+    for output in outputs:
+        output[0].push(output[1], output[2])
+        if len(output) > 3 and output[3] is not None:
+            finished.append(output)
+    # The step's chunks first, so that they share frames, then its ends.
+    for output in finished:
+        output[0].finish(output[3])
 
 
 def _running_loop() -> Optional[asyncio.AbstractEventLoop]:

@@ -1,4 +1,4 @@
-"""Every fault the simulator injects, seen from a fake sidecar."""
+"""Every fault the simulator injects, seen from a fake sidecar, with either API."""
 
 from __future__ import annotations
 
@@ -13,11 +13,17 @@ from sim_process import FAST, SimProcess
 from cy_worker.protocol import TO_SIDECAR, Failure, decode_message
 
 
+@pytest.fixture(scope="module", params=["generator", "engine"])
+def api(request):
+    """The simulator's `--api`: a generator per generation, or one engine step for all."""
+    return request.param
+
+
 @pytest.fixture(scope="module")
-def sim():
+def sim(api):
     """One simulator for every fault that leaves the process running."""
     directory = tempfile.mkdtemp(prefix="cyw-", dir="/tmp")
-    process = SimProcess(directory, FAST)
+    process = SimProcess(directory, FAST + ["--api", api])
     yield process
     process.stop()
     shutil.rmtree(directory, ignore_errors=True)
@@ -116,9 +122,14 @@ def test_fault_unknown_id_sends_a_chunk_for_a_generation_never_started(sim):
     with_sidecar(sim, test)
 
 
-def test_fault_slow_cancel_ends_a_cancelled_generation_a_second_late(sim):
+def test_fault_slow_cancel_ends_a_cancelled_generation_a_second_late(sim, api):
     async def test(sidecar):
         sidecar.generate("a", prompt="[[sim tokens=1000 itl_ms=5 fault=slow_cancel]]", credit=1000)
+        if api == "engine":
+            # An engine's cancellation is immediate: it cannot show this fault.
+            _, end = await sidecar.until_end("a")
+            assert end["code"] == "invalid_argument" and "needs the generator API" in end["message"]
+            return
         await sidecar.recv()
         cancelled_at = time.monotonic()
         sidecar.send({"type": "cancel", "id": "a", "reason": "client_cancelled"})
@@ -141,8 +152,8 @@ def test_a_malformed_directive_fails_the_generation_only(sim):
     with_sidecar(sim, test)
 
 
-def test_fault_exit_ends_the_process_with_status_3_mid_stream(sock_dir):
-    sim = SimProcess(sock_dir, FAST)
+def test_fault_exit_ends_the_process_with_status_3_mid_stream(sock_dir, api):
+    sim = SimProcess(sock_dir, FAST + ["--api", api])
 
     async def body():
         sidecar = await FakeSidecar.open(sim.socket_path)
@@ -158,10 +169,12 @@ def test_fault_exit_ends_the_process_with_status_3_mid_stream(sock_dir):
         sim.stop()
 
 
-def test_a_fault_given_on_the_command_line_applies_to_every_request(sock_dir):
+def test_a_fault_given_on_the_command_line_applies_to_every_request(sock_dir, api):
     sim = SimProcess(
         sock_dir,
-        FAST + ["--fault", "error", "--fault-after-tokens", "2", "--fault-code", "cancelled"],
+        FAST
+        + ["--api", api]
+        + ["--fault", "error", "--fault-after-tokens", "2", "--fault-code", "cancelled"],
     )
 
     async def body():

@@ -11,9 +11,14 @@ import pytest
 from fake_sidecar import FakeSidecar, ids_of, run, text_of
 from sim_process import FAST, PYTHON_DIR, SimProcess
 
+# The simulator's two ways of serving: a generator per generation, or one
+# engine step for every running generation (`Worker(engine=...)`).
+APIS = ["generator", "engine"]
 
-def test_the_simulator_streams_a_deterministic_generation(sock_dir):
-    sim = SimProcess(sock_dir, FAST + ["--model-id", "sim-7"])
+
+@pytest.mark.parametrize("api", APIS)
+def test_the_simulator_streams_a_deterministic_generation(sock_dir, api):
+    sim = SimProcess(sock_dir, FAST + ["--model-id", "sim-7", "--api", api])
 
     async def body():
         sidecar = await FakeSidecar.connect(sim.socket_path)
@@ -45,8 +50,29 @@ def test_the_simulator_streams_a_deterministic_generation(sock_dir):
     assert "self-check" not in sim.log()
 
 
-def test_chat_messages_are_answered_and_billed_by_words(sock_dir):
-    sim = SimProcess(sock_dir, FAST)
+def test_both_apis_give_the_same_words_for_the_same_prompt_and_seed(sock_dir):
+    answers = {}
+    for api in APIS:
+        sim = SimProcess(sock_dir, FAST + ["--api", api])
+
+        async def body():
+            sidecar = await FakeSidecar.open(sim.socket_path)
+            sidecar.generate("a", prompt="the river [[sim tokens=20]]", sampling={"max_tokens": 0, "seed": 9})
+            chunks, done = await sidecar.until_end("a")
+            await sidecar.close()
+            return text_of(chunks), ids_of(chunks), done["usage"]
+
+        try:
+            answers[api] = run(body())
+        finally:
+            sim.stop()
+    assert answers["generator"] == answers["engine"]
+    assert len(answers["engine"][1]) == 20
+
+
+@pytest.mark.parametrize("api", APIS)
+def test_chat_messages_are_answered_and_billed_by_words(sock_dir, api):
+    sim = SimProcess(sock_dir, FAST + ["--api", api])
 
     async def body():
         sidecar = await FakeSidecar.open(sim.socket_path)
@@ -68,8 +94,9 @@ def test_chat_messages_are_answered_and_billed_by_words(sock_dir):
         sim.stop()
 
 
-def test_stamp_makes_each_chunk_a_monotonic_timestamp(sock_dir):
-    sim = SimProcess(sock_dir, FAST + ["--stamp"])
+@pytest.mark.parametrize("api", APIS)
+def test_stamp_makes_each_chunk_a_monotonic_timestamp(sock_dir, api):
+    sim = SimProcess(sock_dir, FAST + ["--stamp", "--api", api])
 
     async def body():
         sidecar = await FakeSidecar.open(sim.socket_path)
@@ -88,14 +115,16 @@ def test_stamp_makes_each_chunk_a_monotonic_timestamp(sock_dir):
         sim.stop()
 
 
-def test_the_batched_schedule_sends_each_step_on_the_shared_grid(sock_dir):
+@pytest.mark.parametrize("api", APIS)
+def test_the_batched_schedule_sends_each_step_on_the_shared_grid(sock_dir, api):
     # Steps 100 ms apart. Generations that arrive 30 ms apart still send their
     # tokens on the same steps, in the same turn of the simulator's loop: all
     # but possibly the first step of the later one meet a token of the other.
     tokens = 4
     sim = SimProcess(
         sock_dir,
-        ["--ttft-ms", "0", "--itl-ms", "100", "--tokens", str(tokens), "--stamp", "--schedule", "batched"],
+        ["--ttft-ms", "0", "--itl-ms", "100", "--tokens", str(tokens), "--stamp", "--schedule", "batched"]
+        + ["--api", api],
     )
 
     async def body():
@@ -123,9 +152,11 @@ def test_the_batched_schedule_sends_each_step_on_the_shared_grid(sock_dir):
         sim.stop()
 
 
+@pytest.mark.parametrize("api", APIS)
 @pytest.mark.parametrize("pinned", [False, True])
-def test_batched_steps_leave_as_chunks_frames_unless_pinned_to_version_1(sock_dir, pinned):
+def test_batched_steps_leave_as_chunks_frames_unless_pinned_to_version_1(sock_dir, pinned, api):
     args = ["--ttft-ms", "0", "--itl-ms", "50", "--tokens", "3", "--schedule", "batched"]
+    args += ["--api", api]
     sim = SimProcess(sock_dir, args + (["--protocol-versions", "1"] if pinned else []))
 
     async def body():
@@ -181,6 +212,7 @@ def test_help_lists_the_options():
         "--reload-eta-secs",
         "--reload-mode",
         "--protocol-versions",
+        "--api",
     ):
         assert option in result.stdout
 
@@ -190,6 +222,8 @@ def test_bad_options_are_refused():
     assert result.returncode == 2 and "--tokens" in result.stderr
     result = run_sim_cli("--protocol-versions", "1,3")
     assert result.returncode == 2 and "--protocol-versions" in result.stderr
+    result = run_sim_cli("--api", "engine", "--fault", "slow_cancel")
+    assert result.returncode == 2 and "--fault slow_cancel needs --api generator" in result.stderr
 
 
 def test_a_socket_in_use_is_reported_with_status_1(sock_dir):
@@ -203,5 +237,37 @@ def test_a_socket_in_use_is_reported_with_status_1(sock_dir):
             timeout=10,
         )
         assert result.returncode == 1 and "accepts connections" in result.stderr
+    finally:
+        sim.stop()
+
+
+def test_the_engine_api_pauses_a_sequence_without_credit_and_resumes_it(sock_dir):
+    sim = SimProcess(sock_dir, FAST + ["--api", "engine", "--tokens", "6"])
+
+    async def body():
+        sidecar = await FakeSidecar.open(sim.socket_path)
+        sidecar.generate("slow", credit=2)
+        sidecar.generate("fast", credit=100)
+        sidecar.generate("gone", credit=100, prompt="[[sim tokens=1000 itl_ms=5]]")
+        chunks, done = await sidecar.until_end("fast")
+        assert len(chunks) == 6 and done["usage"]["completion_tokens"] == 6
+        sidecar.send({"type": "cancel", "id": "gone", "reason": "client_cancelled"})
+        _, done = await sidecar.until_end("gone")
+        assert done["finish_reason"] == "cancelled"
+        cancelled_usage = done["usage"]["completion_tokens"]
+        assert 0 < cancelled_usage < 1000
+        # "slow" sent its two chunks and sits out the steps since.
+        await sidecar.expect_silence(0.1)
+        sidecar.send({"type": "credit", "id": "slow", "chunks": 3})
+        chunks = [await sidecar.recv() for _ in range(3)]
+        assert [c["id"] for c in chunks] == ["slow"] * 3
+        await sidecar.expect_silence(0.1)
+        sidecar.send({"type": "credit", "id": "slow", "chunks": 10})
+        chunks, done = await sidecar.until_end("slow")
+        assert len(chunks) == 1 and done["usage"]["completion_tokens"] == 6
+        await sidecar.close()
+
+    try:
+        run(body())
     finally:
         sim.stop()

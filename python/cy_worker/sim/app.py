@@ -16,7 +16,8 @@ from ..request import Request, Token, WorkerError
 from ..worker import Worker
 from . import faults
 from .directive import Plan
-from .text import VOCABULARY, count_prompt_tokens, token_stream
+from .engine import SimEngine
+from .text import VOCABULARY, count_prompt_tokens, request_text, token_stream
 
 logger = logging.getLogger("cy_worker.sim")
 
@@ -27,13 +28,6 @@ def next_model_id(model_id: str) -> str:
     if match is None:
         return model_id + "-2"
     return match.group(1) + str(int(match.group(2)) + 1)
-
-
-def request_text(req: Request) -> str:
-    """The text a request carries: its prompt, or its messages' contents."""
-    if req.prompt is not None:
-        return req.prompt
-    return "\n".join(m["content"] for m in req.messages or ())
 
 
 class Simulator:
@@ -50,8 +44,12 @@ class Simulator:
             code=options.fault_code,
             schedule=options.schedule,
         )
+        if options.api == "engine":
+            entry = {"engine": SimEngine(self.defaults, options.stamp)}
+        else:
+            entry = {"generate": self.generate}
         self.worker = Worker(
-            self.generate,
+            **entry,
             model_id=options.model_id,
             max_concurrency=options.max_concurrency,
             socket_path=options.socket,

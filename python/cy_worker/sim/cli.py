@@ -12,6 +12,7 @@ from ..protocol import DEFAULT_MAX_FRAME_BYTES, SUPPORTED_VERSIONS
 from ..worker import DEFAULT_SOCKET_PATH
 from .app import Simulator
 from .directive import CODE_PATTERN, FAULT_KINDS, SCHEDULES
+from .engine import UNSUPPORTED_FAULTS
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
@@ -40,6 +41,13 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
         choices=SCHEDULES,
         default="own",
         help="own: each generation keeps its own clock; batched: tokens on a shared decode-step grid",
+    )
+    add(
+        "--api",
+        choices=("generator", "engine"),
+        default="generator",
+        help="generator: an async generator per generation; engine: one decode step for every "
+        "running generation (Worker(engine=...)), always on the shared step grid",
     )
     add(
         "--tokens",
@@ -98,6 +106,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
             parser.error(f"--{name.replace('_', '-')} is out of range: {getattr(options, name)}")
     if not CODE_PATTERN.match(options.fault_code):
         parser.error(f"--fault-code must be a lower-case error code, got {options.fault_code!r}")
+    if options.api == "engine" and options.fault in UNSUPPORTED_FAULTS:
+        parser.error(f"--fault {options.fault} needs --api generator")
     for name in ("ttft_ms", "itl_ms", "reload_eta_secs", "drain_timeout_secs"):
         if getattr(options, name) < 0:
             parser.error(f"--{name.replace('_', '-')} must be >= 0")

@@ -34,11 +34,31 @@ USAGE_LIE = 5
 SLOW_CANCEL_S = 1.0
 
 
+# What a generation does after `inject`: go on, stop sending, or fail.
+GO_ON = "go_on"
+HANG = "hang"
+FAIL = "fail"
+
+
 async def fire(kind: str, req: Request, code: str) -> None:
-    """Inject a positional fault into `req`'s generation.
+    """Inject a positional fault into `req`'s generation (the generator API).
 
     Returns when the generation should go on; raises or never returns
     (until cancelled) when the fault ends it.
+    """
+    then = inject(kind, req)
+    if then == HANG:
+        await _forever()
+    elif then == FAIL:
+        raise WorkerError(code, error_message(req))
+
+
+def inject(kind: str, req: Request) -> str:
+    """Do what fault `kind` does to the connection; say how the generation goes on.
+
+    Works for a generation of either API (`req._generation` is the package's
+    driver of it): `exit` does not return, `error` is left to the caller
+    (FAIL), `hang` and `oversized` stop the generation's output (HANG).
     """
     generation = req._generation
     transport = generation.conn.transport
@@ -51,16 +71,16 @@ async def fire(kind: str, req: Request, code: str) -> None:
         sys.stderr.flush()
         os._exit(3)
     elif kind == "hang":
-        await _forever()
+        return HANG
     elif kind == "error":
-        raise WorkerError(code, f"sim fault: injected error for {req.id}")
+        return FAIL
     elif kind == "malformed":
         payload = b'{"type":"chunk","id":'
         transport.write(pack_length(len(payload)) + payload)
     elif kind == "oversized":
         transport.write(pack_length(generation.conn.peer_max_frame_bytes + 1))
         # Whatever followed would be read as that frame's body.
-        await _forever()
+        return HANG
     elif kind == "no_credit":
         generation.credit += _UNLIMITED_CREDIT
     elif kind == "unknown_id":
@@ -73,6 +93,12 @@ async def fire(kind: str, req: Request, code: str) -> None:
         transport.write(encode_frame(ghost))
     else:
         raise ValueError(f"not a positional fault: {kind!r}")
+    return GO_ON
+
+
+def error_message(req: Request) -> str:
+    """The message of an injected `error`."""
+    return f"sim fault: injected error for {req.id}"
 
 
 def lie_about_usage(req: Request) -> None:

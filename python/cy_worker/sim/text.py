@@ -5,6 +5,8 @@ from __future__ import annotations
 import random
 from typing import Iterator
 
+from ..request import Request
+
 _WORDS = """
 the a an and but or so of to in on at by for with from into over under after
 before while when where there here this that these those it he she they we you
@@ -53,3 +55,10 @@ def token_stream(prompt: str, seed: int) -> Iterator[int]:
 def count_prompt_tokens(text: str) -> int:
     """Prompt tokens to bill: whitespace-separated words, at least 1."""
     return max(1, len(text.split()))
+
+
+def request_text(req: Request) -> str:
+    """The text a request carries: its prompt, or its messages' contents."""
+    if req.prompt is not None:
+        return req.prompt
+    return "\n".join(m["content"] for m in req.messages or ())
