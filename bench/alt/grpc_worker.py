@@ -9,7 +9,14 @@ schedule (first token after `ttft`, then one every `itl`), and with
 benchmark streams one workload through the sidecar and the simulator, and
 through this worker (alone, or behind nginx), and compares.
 
-    python bench/alt/grpc_worker.py --listen 127.0.0.1:0 [--stamp]
+With `--api engine` the tokens come from the simulator's batching engine
+(`cy_worker.sim.engine`, one decode step for every running generation), as
+they do with `python -m cy_worker.sim --api engine`. grpcio has no way to
+write to many streams from one step, so each RPC's handler takes its tokens
+from a queue the step fills, and the step holds a generation back once 32
+of its tokens wait there (the sidecar's default credit).
+
+    python bench/alt/grpc_worker.py --listen 127.0.0.1:0 [--stamp] [--api engine]
 
 Prints `grpc_worker listening on HOST:PORT` on stderr once it serves.
 Needs `python/` on PYTHONPATH and grpcio, grpcio-tools (the project's test
@@ -34,7 +41,9 @@ from typing import Tuple
 import grpc
 from grpc_tools import protoc
 
+from cy_worker import Request, Sampling
 from cy_worker.sim.directive import Plan
+from cy_worker.sim.engine import SimEngine
 from cy_worker.sim.text import VOCABULARY, count_prompt_tokens, token_stream
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -44,6 +53,10 @@ PROTO_DIR = os.path.join(ROOT, "proto", "cy", "sidecar", "v1")
 # 1,024 generations in flight on one connection, as it does to the sidecar
 # (`server.max_concurrent_streams`).
 MAX_CONCURRENT_STREAMS = 1024
+
+# With `--api engine`: tokens queued for one RPC before the step holds that
+# generation back (the sidecar's default `worker.stream_credit_chunks`).
+QUEUED_TOKENS = 32
 
 
 def generate_stubs(out: str) -> Tuple[ModuleType, ModuleType]:
@@ -110,7 +123,97 @@ def make_servicer(pb: ModuleType, pb_grpc: ModuleType, options: argparse.Namespa
                 ),
             )
 
+    if options.api == "engine":
+        return make_engine_servicer(pb, pb_grpc, options)
     return Servicer()
+
+
+class QueueStream:
+    """What `SimEngine` pushes to, for one RPC: a queue its handler drains."""
+
+    __slots__ = ("request", "data", "queue", "engine", "paused")
+
+    def __init__(self, request: Request, engine: SimEngine) -> None:
+        self.request = request
+        self.data = None
+        self.queue: asyncio.Queue = asyncio.Queue()
+        self.engine = engine
+        self.paused = False
+
+    @property
+    def has_credit(self) -> bool:
+        if self.queue.qsize() < QUEUED_TOKENS:
+            return True
+        self.paused = True
+        return False
+
+    def push(self, text: str, token_ids) -> bool:
+        self.queue.put_nowait((text, token_ids))
+        return True
+
+    def finish(self, finish_reason: str) -> None:
+        self.queue.put_nowait(finish_reason)
+
+    def fail(self, code: str, message: str) -> None:
+        self.queue.put_nowait(RuntimeError(f"{code}: {message}"))
+
+    def taken(self) -> None:
+        """The handler took a token: let a held-back generation step again."""
+        if self.paused and self.queue.qsize() < QUEUED_TOKENS:
+            self.paused = False
+            self.engine.resume(self)
+
+
+def make_engine_servicer(pb: ModuleType, pb_grpc: ModuleType, options: argparse.Namespace):
+    """The Sidecar service, fed by the simulator's batching engine."""
+    engine = SimEngine(
+        Plan(tokens=options.tokens, ttft_ms=options.ttft_ms, itl_ms=options.itl_ms), options.stamp
+    )
+
+    class EngineServicer(pb_grpc.SidecarServicer):
+        async def Generate(self, request, context):
+            seed = request.sampling.seed if request.sampling.HasField("seed") else None
+            req = Request(
+                request.request_id,
+                prompt=request.prompt or None,
+                messages=[{"role": m.role, "content": m.content} for m in request.messages]
+                or None,
+                sampling=Sampling(max_tokens=request.sampling.max_tokens, seed=seed),
+            )
+            stream = QueueStream(req, engine)
+            try:
+                engine.submit(stream)
+            except Exception as exc:  # a malformed directive
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            rid = request.request_id
+            sent = 0
+            try:
+                while True:
+                    item = await stream.queue.get()
+                    stream.taken()
+                    if type(item) is tuple:
+                        sent += 1
+                        yield pb.GenerateEvent(
+                            request_id=rid,
+                            chunk=pb.TokenChunk(text=item[0], token_ids=item[1]),
+                        )
+                    elif type(item) is str:
+                        break
+                    else:
+                        await context.abort(grpc.StatusCode.INTERNAL, str(item))
+            except asyncio.CancelledError:
+                engine.cancel(stream)
+                raise
+            yield pb.GenerateEvent(
+                request_id=rid,
+                done=pb.Done(
+                    finish_reason=item,
+                    usage=pb.Usage(prompt_tokens=req.prompt_tokens, completion_tokens=sent),
+                    model_id=options.model_id,
+                ),
+            )
+
+    return EngineServicer()
 
 
 async def serve(options: argparse.Namespace, pb: ModuleType, pb_grpc: ModuleType) -> None:
@@ -144,6 +247,12 @@ def main() -> int:
     parser.add_argument("--itl-ms", type=float, default=20.0)
     parser.add_argument("--tokens", type=int, default=32)
     parser.add_argument("--stamp", action="store_true", help="chunk text = monotonic_ns stamp")
+    parser.add_argument(
+        "--api",
+        choices=("generator", "engine"),
+        default="generator",
+        help="tokens from a generator per RPC, or from one engine step for every RPC",
+    )
     options = parser.parse_args()
 
     out = tempfile.mkdtemp(prefix="cy-alt-pb-")

@@ -37,7 +37,15 @@ export interface StackOptions {
    * unset: every version it speaks. `[1]` sends one chunk frame per chunk.
    */
   protocolVersions?: number[];
+  /**
+   * How the simulator serves (`--api`): an async generator per generation
+   * (the default), or its batching engine, one step for every generation.
+   */
+  simApi?: SimApi;
 }
+
+/** The worker package's two entry points, as the simulator's `--api`. */
+export type SimApi = "generator" | "engine";
 
 /** The V8 flags of the production launch (empty when it sets none). */
 export function productionV8Flags(): string[] {
@@ -84,6 +92,7 @@ export async function startSim(
   env: Env,
   socket: string,
   protocolVersions?: number[],
+  api: SimApi = "generator",
 ): Promise<Proc> {
   const sim = new Proc("simulator", env.python, [
     "-m",
@@ -94,6 +103,8 @@ export async function startSim(
     ...(protocolVersions
       ? ["--protocol-versions", protocolVersions.join(",")]
       : []),
+    "--api",
+    api,
   ], {
     env: { PYTHONPATH: `${env.root}/python`, PYTHONUNBUFFERED: "1" },
     cwd: env.root,
@@ -213,7 +224,12 @@ export async function startStack(
       ? await startBilling(env)
       : null;
     if (billing) started.push(billing.proc);
-    const sim = await startSim(env, socket, options.protocolVersions);
+    const sim = await startSim(
+      env,
+      socket,
+      options.protocolVersions,
+      options.simApi,
+    );
     started.push(sim);
     const sc = await startSidecar(
       env,
@@ -282,9 +298,12 @@ export async function waitIdle(
 /** The alternative worker: grpcio's asyncio server, same workload. */
 export async function startGrpcWorker(
   env: Env,
+  api: SimApi = "generator",
 ): Promise<{ proc: Proc; addr: string }> {
   const proc = new Proc("grpc_worker", env.python, [
     `${env.root}/bench/alt/grpc_worker.py`,
+    "--api",
+    api,
     "--listen",
     "127.0.0.1:0",
     "--stamp",

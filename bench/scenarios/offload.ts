@@ -10,11 +10,17 @@
  *   `bench/alt/grpc_worker.py`), called directly;
  * - the same worker behind nginx (`grpc_pass`), when nginx is installed.
  *
+ * Each worker first produces its tokens from an async generator per
+ * generation; the simulator and the grpcio worker then run again with the
+ * tokens from the simulator's batching engine, one decode step for every
+ * running generation (`--api engine`): served by `Worker(engine=...)`
+ * behind the sidecar, and through a queue per RPC with grpcio.
+ *
  * Reported: the worker process's CPU per 1,000 tokens, tokens/s at
  * saturation, token latency at a steady load, and the proxy's memory and
- * CPU. A fourth run produces the same tokens with no transport at all
- * (`bench/clients/gen_only.py`): what is left of a worker's CPU per token
- * after subtracting it is what its protocol costs.
+ * CPU. Further runs produce the same tokens, from either producer, with no
+ * transport at all (`bench/clients/gen_only.py`): what is left of a
+ * worker's CPU per token after subtracting it is what its protocol costs.
  *
  * @module
  */
@@ -30,6 +36,7 @@ import {
 import { memory, runTool, sampler } from "../lib/procs.ts";
 import {
   type Nginx,
+  type SimApi,
   startGrpcWorker,
   startNginx,
   startStack,
@@ -46,12 +53,35 @@ const SAT_LABEL = "64 streams, no pause";
 const STEADY = { streams: 64, tokens: 50, itlMs: 20, stamp: true };
 const STEADY_LABEL = "64 streams x 50 tok/s";
 
-type ArmName = "sidecar" | "sidecar_v1" | "grpcio" | "nginx";
+type ArmName =
+  | "sidecar"
+  | "sidecar_v1"
+  | "grpcio"
+  | "nginx"
+  | "sidecar_engine"
+  | "grpcio_engine";
 const ARM_LABEL: Record<ArmName, string> = {
   sidecar: "sidecar + cy_worker (framed JSON)",
   sidecar_v1: "sidecar + cy_worker, protocol v1 (a frame per chunk)",
   grpcio: "grpcio worker, direct",
   nginx: "nginx → grpcio worker",
+  sidecar_engine: "engine: sidecar + cy_worker Worker(engine=...)",
+  grpcio_engine: "engine: grpcio worker, a queue per RPC",
+};
+const ARM_API: Record<ArmName, SimApi> = {
+  sidecar: "generator",
+  sidecar_v1: "generator",
+  grpcio: "generator",
+  nginx: "generator",
+  sidecar_engine: "engine",
+  grpcio_engine: "engine",
+};
+/** The arms that have a proxy in front of the worker, and its name. */
+const PROXY_LABEL: Partial<Record<ArmName, string>> = {
+  sidecar: "sidecar",
+  sidecar_v1: "sidecar, protocol v1",
+  nginx: "nginx (master + 1 worker)",
+  sidecar_engine: "sidecar, engine API",
 };
 
 interface ArmRun {
@@ -71,10 +101,11 @@ interface Target {
 
 async function startArm(ctx: Context, arm: ArmName): Promise<Target> {
   const { env } = ctx;
-  if (arm === "sidecar" || arm === "sidecar_v1") {
+  if (arm === "sidecar" || arm === "sidecar_v1" || arm === "sidecar_engine") {
     const stack = await startStack(env, {
       metering: "durable",
       protocolVersions: arm === "sidecar_v1" ? [1] : undefined,
+      simApi: ARM_API[arm],
     });
     return {
       addr: stack.grpcAddr,
@@ -86,7 +117,7 @@ async function startArm(ctx: Context, arm: ArmName): Promise<Target> {
       },
     };
   }
-  const alt = await startGrpcWorker(env);
+  const alt = await startGrpcWorker(env, ARM_API[arm]);
   let nginx: Nginx | null = null;
   try {
     if (arm === "nginx") nginx = await startNginx(env.nginx!, alt.addr);
@@ -142,7 +173,7 @@ async function runArm(ctx: Context, arm: ArmName): Promise<ArmRun> {
 }
 
 /** The saturation workload with no transport: CPU µs per token. */
-async function generationAlone(ctx: Context): Promise<number> {
+async function generationAlone(ctx: Context, api: SimApi): Promise<number> {
   const { env, durations: d } = ctx;
   const out = await runTool("gen_only", env.python, [
     "bench/clients/gen_only.py",
@@ -154,7 +185,11 @@ async function generationAlone(ctx: Context): Promise<number> {
     String(d.warmupS),
     "--prompt",
     promptFor({ ...SATURATION, durationS: 0, warmupS: 0 }),
-    // The saturation runs do not stamp; neither does this one.
+    // Both workers stamp every chunk's text (the load generator reads the
+    // stamps only at steady load); so does this run.
+    "--stamp",
+    "--api",
+    api,
   ], {
     env: { PYTHONPATH: `${env.root}/python` },
     cwd: env.root,
@@ -176,15 +211,21 @@ export async function offload(ctx: Context): Promise<void> {
     );
   }
 
+  arms.push("sidecar_engine", "grpcio_engine");
+
   const runs: Record<ArmName, ArmRun[]> = {
     sidecar: [],
     sidecar_v1: [],
     grpcio: [],
     nginx: [],
+    sidecar_engine: [],
+    grpcio_engine: [],
   };
-  const alone: number[] = [];
+  const alone: Record<SimApi, number[]> = { generator: [], engine: [] };
   for (let rep = 0; rep < options.repetitions; rep++) {
-    alone.push(await generationAlone(ctx));
+    for (const api of ["generator", "engine"] as const) {
+      alone[api].push(await generationAlone(ctx, api));
+    }
     for (const arm of arms) {
       const r = await runArm(ctx, arm);
       runs[arm].push(r);
@@ -224,39 +265,51 @@ export async function offload(ctx: Context): Promise<void> {
       "ms",
     );
   }
-  const ratio = (other: ArmName) =>
-    runs.sidecar.map((s, i) =>
-      perK(s.saturation, "worker") / perK(runs[other][i].saturation, "worker")
-    );
-  report.add(
-    NAME,
-    "worker CPU per token: cy_worker / grpcio worker",
-    SAT_LABEL,
-    ratio("grpcio"),
-    "",
+  // Each producer's pair: the sidecar's worker against grpcio's, same tokens.
+  const PAIRS = [
+    { api: "generator", ours: "sidecar", theirs: "grpcio", what: "" },
     {
-      digits: 3,
-      target: { op: "<=", value: 0.1, text: "≤ 0.100 (1/10)" },
+      api: "engine",
+      ours: "sidecar_engine",
+      theirs: "grpcio_engine",
+      what: ", engine API (one step for all)",
     },
-  );
-  report.add(
-    NAME,
-    "worker CPU per 1,000 tokens: the same tokens, no transport",
-    SAT_LABEL,
-    alone,
-    "ms",
-  );
-  report.add(
-    NAME,
-    "protocol CPU per token (worker − no transport): cy_worker / grpcio",
-    SAT_LABEL,
-    runs.sidecar.map((s, i) =>
-      (perK(s.saturation, "worker") - alone[i]) /
-      (perK(runs.grpcio[i].saturation, "worker") - alone[i])
-    ),
-    "",
-    { digits: 3 },
-  );
+  ] as const;
+  const ratio = (ours: ArmName, theirs: ArmName, m: "saturation" | "steady") =>
+    runs[ours].map((s, i) =>
+      perK(s[m], "worker") / perK(runs[theirs][i][m], "worker")
+    );
+  for (const { api, ours, theirs, what } of PAIRS) {
+    report.add(
+      NAME,
+      `worker CPU per token${what}: cy_worker / grpcio worker`,
+      SAT_LABEL,
+      ratio(ours, theirs, "saturation"),
+      "",
+      {
+        digits: 3,
+        target: { op: "<=", value: 0.1, text: "≤ 0.100 (1/10)" },
+      },
+    );
+    report.add(
+      NAME,
+      `worker CPU per 1,000 tokens${what}: the same tokens, no transport`,
+      SAT_LABEL,
+      alone[api],
+      "ms",
+    );
+    report.add(
+      NAME,
+      `protocol CPU per token${what} (worker − no transport): cy_worker / grpcio`,
+      SAT_LABEL,
+      runs[ours].map((s, i) =>
+        (perK(s.saturation, "worker") - alone[api][i]) /
+        (perK(runs[theirs][i].saturation, "worker") - alone[api][i])
+      ),
+      "",
+      { digits: 3 },
+    );
+  }
   for (const arm of arms) {
     report.add(
       NAME,
@@ -266,16 +319,16 @@ export async function offload(ctx: Context): Promise<void> {
       "ms",
     );
   }
-  report.add(
-    NAME,
-    "worker CPU per token: cy_worker / grpcio worker",
-    STEADY_LABEL,
-    runs.sidecar.map((s, i) =>
-      perK(s.steady, "worker") / perK(runs.grpcio[i].steady, "worker")
-    ),
-    "",
-    { digits: 3 },
-  );
+  for (const { ours, theirs, what } of PAIRS) {
+    report.add(
+      NAME,
+      `worker CPU per token${what}: cy_worker / grpcio worker`,
+      STEADY_LABEL,
+      ratio(ours, theirs, "steady"),
+      "",
+      { digits: 3 },
+    );
+  }
   for (const arm of arms) {
     report.add(
       NAME,
@@ -306,12 +359,9 @@ export async function offload(ctx: Context): Promise<void> {
       { digits: 0 },
     );
   }
-  for (const arm of arms.filter((a) => a !== "grpcio")) {
-    const proxy = arm === "nginx"
-      ? "nginx (master + 1 worker)"
-      : arm === "sidecar"
-      ? "sidecar"
-      : "sidecar, protocol v1";
+  for (const arm of arms) {
+    const proxy = PROXY_LABEL[arm];
+    if (!proxy) continue;
     report.add(
       NAME,
       `proxy RSS peak: ${proxy}`,
@@ -343,6 +393,8 @@ export async function offload(ctx: Context): Promise<void> {
   }
   report.note(
     `${NAME}: the grpcio worker (grpc.aio server) produces the simulator's exact workload (same words, schedule and stamps); ` +
-      "nginx runs one worker process with upstream keep-alive. The worker-CPU ratio pairs the runs of the same repetition.",
+      "nginx runs one worker process with upstream keep-alive. The worker-CPU ratio pairs the runs of the same repetition. " +
+      "The engine arms take the tokens from the simulator's batching engine (one decode step for every running generation): " +
+      "the sidecar's worker serves it with Worker(engine=...), the grpcio worker through a queue per RPC.",
   );
 }
