@@ -211,13 +211,11 @@ class Stream:
             return
         self.req._mark_cancelled(reason)
         self._backlog.clear()
-        if self._ending is None:
-            self._ending = ("done", "cancelled")
-            try:
-                self.engine.cancel(self)
-            except Exception:
-                logger.warning("engine.cancel failed id=%s", self.req.id, exc_info=True)
+        still_running = self._ending is None
+        # Set first: what the engine does while told is ignored.
         self._ending = ("done", "cancelled")
+        if still_running:
+            self._cancel_in_engine()
         self._report()
 
     def _reject(self, exc: Exception) -> None:

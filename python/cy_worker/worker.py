@@ -15,6 +15,7 @@ from typing import Any, AsyncIterator, Callable, Iterable, Optional, Sequence, S
 
 from . import __version__
 from .connection import Connection
+from .engine import Stream
 from .protocol import DEFAULT_MAX_FRAME_BYTES, MIN_MAX_FRAME_BYTES, SUPPORTED_VERSIONS
 from .request import Request
 from .socket_file import file_id, prepare_socket_path, remove_if_same, socket_path_problem
@@ -345,12 +346,29 @@ class Worker:
 def _push_step(outputs: Iterable[Sequence[Any]]) -> None:
     finished = []
     for output in outputs:
-        output[0].push(output[1], output[2])
-        if len(output) > 3 and output[3] is not None:
-            finished.append(output)
+        try:
+            stream, text, token_ids = output[0], output[1], output[2]
+            reason = output[3] if len(output) > 3 else None
+            push = stream.push
+        except (TypeError, IndexError, AttributeError):
+            _bad_output(output)
+            continue
+        push(text, token_ids)
+        if reason is not None:
+            finished.append((stream, reason))
     # The step's chunks first, so that they share frames, then its ends.
-    for output in finished:
-        output[0].finish(output[3])
+    for stream, reason in finished:
+        stream.finish(reason)
+
+
+def _bad_output(output: Any) -> None:
+    # One malformed output costs its own generation, not the whole step.
+    logger.error(
+        "push_step: expected (stream, text, token_ids[, finish_reason]), got %.200r", output
+    )
+    stream = output[0] if isinstance(output, (tuple, list)) and output else None
+    if isinstance(stream, Stream):
+        stream.fail("internal", "the engine pushed a malformed step output")
 
 
 def _running_loop() -> Optional[asyncio.AbstractEventLoop]:

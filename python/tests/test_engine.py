@@ -382,6 +382,51 @@ def test_push_step_from_an_engine_thread_crosses_to_the_loop_whole(sock_path):
     run(body())
 
 
+def test_a_malformed_step_output_fails_its_own_generation_and_the_step_goes_on(sock_path):
+    engine = ScriptEngine()
+
+    async def body():
+        async with serving_engine(engine, sock_path) as worker:
+            sidecar = await FakeSidecar.open(sock_path)
+            for rid in ("a", "b"):
+                sidecar.generate(rid)
+            a, b = await engine.wait_for("a", "b")
+            worker.push_step([(a, " x"), "junk", (b, " y", [2], "stop")])  # type: ignore[list-item]
+            seen = {}
+            while len(seen) < 2:
+                message = await sidecar.recv()
+                if message["type"] != "chunk":
+                    seen[message["id"]] = message
+            assert seen["a"]["type"] == "error" and seen["a"]["code"] == "internal"
+            assert "malformed step output" in seen["a"]["message"]
+            assert seen["b"]["type"] == "done" and seen["b"]["usage"]["completion_tokens"] == 1
+            await sidecar.close()
+
+    run(body())
+
+
+def test_call_soon_threadsafe_runs_a_stream_call_on_the_loop(sock_path):
+    engine = ScriptEngine()
+
+    async def body():
+        async with serving_engine(engine, sock_path) as worker:
+            sidecar = await FakeSidecar.open(sock_path)
+            sidecar.generate("a")
+            (stream,) = await engine.wait_for("a")
+            thread = threading.Thread(
+                target=worker.call_soon_threadsafe, args=(stream.fail, "unavailable", "lost GPU")
+            )
+            thread.start()
+            thread.join()
+            _, end = await sidecar.until_end("a")
+            assert (end["type"], end["code"], end["message"]) == ("error", "unavailable", "lost GPU")
+            await sidecar.close()
+
+    run(body())
+    with pytest.raises(RuntimeError, match="not started"):
+        Worker(engine=engine, model_id="m", socket_path=sock_path).call_soon_threadsafe(print)
+
+
 def test_the_concurrency_limit_refuses_before_the_engine_sees_the_request(sock_path):
     engine = ScriptEngine()
 
