@@ -18,7 +18,7 @@
  * @module
  */
 
-import type { Clock } from "../util/clock.ts";
+import type { Clock, TimerId } from "../util/clock.ts";
 import {
   FrameTooLargeError,
   WorkerConnectionError,
@@ -35,6 +35,7 @@ import {
   errorFrame,
   nextMessage,
   PROTOCOL_ERROR_FLUSH_MS,
+  PROTOCOL_ERROR_LINGER_MS,
   shut,
   withTimeout,
   writeAll,
@@ -68,6 +69,13 @@ export class WorkerConnection {
   #peerMaxFrameBytes: number;
   /** Version 2: grants by generation id, queued before the next frame. */
   #grants = new Map<string, number>();
+  /**
+   * Set when an `error` frame told the worker why the connection ends:
+   * the socket then lingers half-closed, read and dropped, until the
+   * worker closes its end or the linger ends (see PROTOCOL_ERROR_LINGER_MS).
+   */
+  #lingering = false;
+  #lingerTimer: TimerId | null = null;
 
   private constructor(
     conn: Deno.UnixConn,
@@ -115,7 +123,7 @@ export class WorkerConnection {
           `read failed: ${(err as Error).message}`,
         ),
       );
-    });
+    }).then(() => this.#drain());
   }
 
   /**
@@ -212,8 +220,9 @@ export class WorkerConnection {
     const why = reason ??
       new WorkerConnectionError("local", "closed by the sidecar");
     this.#closed = why;
-    if (why.notifyWorker) {
+    if (why.notifyWorker && !this.#shut) {
       this.#enqueue(errorFrame(why.message, this.#peerMaxFrameBytes));
+      this.#lingering = true;
       void this.#shutAfterFlush(PROTOCOL_ERROR_FLUSH_MS);
     } else {
       this.#shutNow();
@@ -252,10 +261,42 @@ export class WorkerConnection {
       const flushed = new Promise<void>((r) => this.#flushWaiters.push(r));
       await withTimeout(flushed, timeoutMs, this.#clock).catch(() => {});
     }
+    if (!this.#lingering || this.#shut || this.#lingerTimer !== null) {
+      this.#shutNow();
+      return;
+    }
+    this.#lingerTimer = this.#clock.setTimeout(
+      () => this.#shutNow(),
+      PROTOCOL_ERROR_LINGER_MS,
+    );
+    try {
+      await this.#conn.closeWrite();
+    } catch {
+      this.#shutNow();
+    }
+  }
+
+  /**
+   * Once the read loop has ended on a connection that lingers: reads and
+   * drops what the worker still sends, and shuts the socket when the
+   * worker closes its end.
+   */
+  async #drain(): Promise<void> {
+    if (!this.#lingering) return;
+    const scratch = new Uint8Array(16 * 1024);
+    try {
+      while (!this.#shut) {
+        if (await this.#conn.read(scratch) === null) break;
+      }
+    } catch { /* shut meanwhile, or reset by the worker */ }
     this.#shutNow();
   }
 
   #shutNow(): void {
+    if (this.#lingerTimer !== null) {
+      this.#clock.clearTimeout(this.#lingerTimer);
+      this.#lingerTimer = null;
+    }
     if (this.#shut) return;
     this.#shut = true;
     shut(this.#conn);

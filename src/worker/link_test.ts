@@ -105,6 +105,21 @@ for (
     }));
 }
 
+Deno.test("after a protocol error the sidecar reads on, half-closed, until the worker closes its end", () =>
+  withClient({}, async ({ peer }) => {
+    await peer.send({ type: "chunk", id: "ghost", text: "x", token_ids: [1] });
+
+    await expectProtocolError(peer, /"ghost", which is not in flight/);
+    // The end of the sidecar's side arrives after the error frame...
+    await peer.waitClosed();
+    // ...and a worker that is still writing is read, not reset: writes
+    // made after the error still succeed, so the worker gets to read why.
+    for (let seq = 0; seq < 100; seq++) {
+      await peer.send({ type: "pong", seq });
+    }
+    peer.close();
+  }));
+
 Deno.test("an oversized frame header is reported to the worker in an error frame", () =>
   withClient({ maxFrameBytes: 1024 }, async ({ peer }) => {
     await peer.raw(new Uint8Array([0x7f, 0xff, 0xff, 0xff]));

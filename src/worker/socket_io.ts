@@ -22,6 +22,13 @@ import {
 // that a worker that has stopped reading does not delay the reconnect.
 export const PROTOCOL_ERROR_FLUSH_MS = 250;
 
+// After that frame the sidecar closes only its sending side, and reads (and
+// drops) what the worker still sends until the worker closes its end, for
+// at most this long. Closing at once would make a worker that is still
+// writing fail its write (EPIPE) before it reads the frame, and asyncio,
+// for one, then drops the connection with the frame unread.
+export const PROTOCOL_ERROR_LINGER_MS = 500;
+
 /** The smallest `max_frame_bytes` a peer may announce: every `error` frame fits. */
 export const MIN_PEER_FRAME_BYTES = 1024;
 

@@ -105,6 +105,26 @@ for (
   });
 }
 
+Deno.test("a worker that keeps streaming after a bad frame still reads why the sidecar closes", async () => {
+  const t = await setup();
+  try {
+    // The simulator goes on writing tokens, without pause, after the frame
+    // for an unknown id: the sidecar must not reset it before it reads the
+    // error frame.
+    const out = await t.run(
+      "stream-on-1",
+      "fault=unknown_id after=2 tokens=100000 itl_ms=0",
+    );
+    await assertFailed(t, out, "stream-on-1", grpc.status.INTERNAL, 2);
+    await t.sim.waitFor(
+      /WARNING cy_worker: sidecar is closing the connection: it reports a protocol error .*code=protocol/,
+    );
+    await t.servesNext("stream-on-after");
+  } finally {
+    await t.close();
+  }
+});
+
 Deno.test("a worker that sends chunks without credit to a slow reader has that generation failed with INTERNAL", async () => {
   const t = await setup();
   try {
