@@ -316,16 +316,14 @@ class Connection(asyncio.Protocol):
 
         req = Request.from_message(message)
         credit = int(message["credit"])
+        generation: Union[Generation, Stream]
         if worker.engine is not None:
-            stream = Stream(self, req, credit, worker.engine)
-            self.generations[request_id] = stream
-            worker._generation_started()
-            stream.start()
+            generation = Stream(self, req, credit, worker.engine)
         else:
             generation = Generation(self, req, credit)
-            self.generations[request_id] = generation
-            worker._generation_started()
-            generation.task = asyncio.get_running_loop().create_task(generation.run())
+        self.generations[request_id] = generation
+        worker._generation_started()
+        generation.start()
         logger.debug("generation started id=%s session=%s", request_id, message["session_id"])
 
     def _on_credit(self, message: dict) -> None:

@@ -53,6 +53,10 @@ class Generation:
         self._credit_waiter: Optional[asyncio.Future] = None
         req._generation = self
 
+    def start(self) -> None:
+        """Run the generation in a task of its own."""
+        self.task = asyncio.get_running_loop().create_task(self.run())
+
     def add_credit(self, chunks: int) -> None:
         """Allow `chunks` more chunk frames, waking the driver if it waits."""
         self.credit += chunks

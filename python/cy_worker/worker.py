@@ -294,10 +294,8 @@ class Worker:
 
     def call_soon_threadsafe(self, callback: Callable[..., Any], *args: Any) -> None:
         """Run `callback(*args)` on the worker's event loop, from any thread."""
-        loop = self._loop
-        if loop is None:
-            raise RuntimeError("Cannot schedule: the worker is not started")
-        if _running_loop() is loop:
+        loop, on_loop = self._engine_loop("schedule")
+        if on_loop:
             loop.call_soon(callback, *args)
         else:
             loop.call_soon_threadsafe(callback, *args)
@@ -310,13 +308,18 @@ class Worker:
         finishes that stream. From another thread the whole step crosses to
         the event loop at once.
         """
-        loop = self._loop
-        if loop is None:
-            raise RuntimeError("Cannot push: the worker is not started")
-        if _running_loop() is loop:
+        loop, on_loop = self._engine_loop("push")
+        if on_loop:
             _push_step(outputs)
         else:
             loop.call_soon_threadsafe(_push_step, list(outputs))
+
+    def _engine_loop(self, what: str) -> Tuple[asyncio.AbstractEventLoop, bool]:
+        # The worker's loop, and whether the caller runs on it.
+        loop = self._loop
+        if loop is None:
+            raise RuntimeError(f"Cannot {what}: the worker is not started")
+        return loop, _running_loop() is loop
 
     # Called by connections
 

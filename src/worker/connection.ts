@@ -223,7 +223,7 @@ export class WorkerConnection {
     if (why.notifyWorker && !this.#shut) {
       this.#enqueue(errorFrame(why.message, this.#peerMaxFrameBytes));
       this.#lingering = true;
-      void this.#shutAfterFlush(PROTOCOL_ERROR_FLUSH_MS);
+      void this.#lingerAfterFlush();
     } else {
       this.#shutNow();
     }
@@ -257,14 +257,26 @@ export class WorkerConnection {
   }
 
   async #shutAfterFlush(timeoutMs: number): Promise<void> {
+    await this.#flushed(timeoutMs);
+    this.#shutNow();
+  }
+
+  /** Waits at most `timeoutMs` for what is queued to be written. */
+  async #flushed(timeoutMs: number): Promise<void> {
     if (!this.#shut && (this.#flushing || this.#queue.length > 0)) {
       const flushed = new Promise<void>((r) => this.#flushWaiters.push(r));
       await withTimeout(flushed, timeoutMs, this.#clock).catch(() => {});
     }
-    if (!this.#lingering || this.#shut || this.#lingerTimer !== null) {
-      this.#shutNow();
-      return;
-    }
+  }
+
+  /**
+   * After the `error` frame: closes the sending side only, and shuts the
+   * socket once the worker has closed its end (see {@link #drain}) or the
+   * linger is over.
+   */
+  async #lingerAfterFlush(): Promise<void> {
+    await this.#flushed(PROTOCOL_ERROR_FLUSH_MS);
+    if (this.#shut) return;
     this.#lingerTimer = this.#clock.setTimeout(
       () => this.#shutNow(),
       PROTOCOL_ERROR_LINGER_MS,

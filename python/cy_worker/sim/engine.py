@@ -21,7 +21,7 @@ import heapq
 import itertools
 import math
 import time
-from typing import Dict, Iterator, List, Optional, Set, Tuple
+from typing import Dict, Iterator, List, Optional, Tuple
 
 from ..engine import Stream
 from ..request import WorkerError
@@ -32,9 +32,22 @@ from .text import VOCABULARY, count_prompt_tokens, request_text, token_stream
 # Faults an engine cannot show: cancellation ends a stream at once.
 UNSUPPORTED_FAULTS = frozenset(("slow_cancel",))
 
+# Where a sequence is on its grid.
+WAITING, RUNNING, PAUSED, GONE = "waiting", "running", "paused", "gone"
+
 
 class _Sequence:
-    __slots__ = ("stream", "tokens", "length", "finish_reason", "fire_at", "plan", "sent", "grid")
+    __slots__ = (
+        "stream",
+        "tokens",
+        "length",
+        "finish_reason",
+        "fire_at",
+        "plan",
+        "sent",
+        "grid",
+        "state",
+    )
 
     def __init__(
         self,
@@ -54,6 +67,8 @@ class _Sequence:
         self.plan = plan
         self.sent = 0
         self.grid = grid
+        # WAITING for its first token, RUNNING, PAUSED for credit, or GONE.
+        self.state = WAITING
 
 
 class SimEngine:
@@ -109,8 +124,6 @@ class _Grid:
         self.running: Dict[_Sequence, None] = {}
         # Waiting for their first token: (when, arrival, sequence).
         self.waiting: List[Tuple[float, int, _Sequence]] = []
-        self.paused: Set[_Sequence] = set()
-        self.gone: Set[_Sequence] = set()
         self._arrivals = itertools.count()
         self._handle: Optional[asyncio.TimerHandle] = None
         self._when = 0.0
@@ -123,16 +136,19 @@ class _Grid:
         self._schedule()
 
     def discard(self, sequence: _Sequence) -> None:
-        self.running.pop(sequence, None)
-        self.paused.discard(sequence)
-        if any(entry[2] is sequence for entry in self.waiting):
-            self.gone.add(sequence)
+        # A waiting one stays in the heap, and is dropped when it comes up.
+        if sequence.state == RUNNING:
+            del self.running[sequence]
+        sequence.state = GONE
 
     def wake(self, sequence: _Sequence) -> None:
-        if sequence in self.paused:
-            self.paused.discard(sequence)
-            self.running[sequence] = None
+        if sequence.state == PAUSED:
+            self._run(sequence)
             self._schedule()
+
+    def _run(self, sequence: _Sequence) -> None:
+        sequence.state = RUNNING
+        self.running[sequence] = None
 
     def _next_step(self, now: float) -> Optional[float]:
         when = None
@@ -164,12 +180,11 @@ class _Grid:
         waiting = self.waiting
         while waiting and waiting[0][0] <= boundary:
             sequence = heapq.heappop(waiting)[2]
-            if sequence in self.gone:
-                self.gone.discard(sequence)
-            else:
-                self.running[sequence] = None
+            if sequence.state == WAITING:
+                self._run(sequence)
         for sequence in list(self.running):
-            self._produce(sequence)
+            if sequence.state == RUNNING:
+                self._produce(sequence)
         self._schedule()
 
     def _produce(self, sequence: _Sequence) -> None:
@@ -196,5 +211,5 @@ class _Grid:
             self.discard(sequence)
             stream.finish(sequence.finish_reason)
         elif not stream.has_credit:
-            self.running.pop(sequence, None)
-            self.paused.add(sequence)
+            del self.running[sequence]
+            sequence.state = PAUSED
