@@ -460,3 +460,30 @@ def test_the_worker_wants_exactly_one_of_generate_and_a_complete_engine(sock_pat
             Worker(*args, model_id="m", socket_path=sock_path, **kwargs)
     with pytest.raises(RuntimeError, match="not started"):
         Worker(engine=ScriptEngine(), model_id="m", socket_path=sock_path).push_step([])
+
+
+def test_drain_waits_for_engine_streams_and_cancels_what_outlives_it(sock_path):
+    engine = ScriptEngine()
+
+    async def body():
+        async with serving_engine(engine, sock_path) as worker:
+            sidecar = await FakeSidecar.open(sock_path)
+            sidecar.generate("quick")
+            sidecar.generate("slow")
+            quick, slow = await engine.wait_for("quick", "slow")
+            drained = asyncio.ensure_future(worker.drain_and_close(timeout_s=0.3))
+            status = await sidecar.recv()
+            assert status["type"] == "status" and status["state"] == "draining"
+            # A stream that ends within the drain is served to its end...
+            quick.push(" done", [1])
+            quick.finish()
+            chunks, done = await sidecar.until_end("quick")
+            assert text_of(chunks) == " done" and done["finish_reason"] == "stop"
+            assert not drained.done() and worker.in_flight == 1
+            # ...one that outlives it is cancelled in the engine.
+            await drained
+            assert engine.cancelled == ["slow"] and worker.in_flight == 0
+            assert slow.push(" late", [2]) is False
+            await sidecar.close()
+
+    run(body())
