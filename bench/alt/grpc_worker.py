@@ -142,13 +142,12 @@ class QueueStream:
 
     @property
     def has_credit(self) -> bool:
-        if self.queue.qsize() < QUEUED_TOKENS:
-            return True
-        self.paused = True
-        return False
+        return not self.paused
 
     def push(self, text: str, token_ids) -> bool:
         self.queue.put_nowait((text, token_ids))
+        if self.queue.qsize() >= QUEUED_TOKENS:
+            self.paused = True
         return True
 
     def finish(self, finish_reason: str) -> None:
