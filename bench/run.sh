@@ -61,9 +61,10 @@ if [ -z "$NGINX" ] && [ "$smoke" = 0 ] && [ "$install" = 1 ]; then
 fi
 export NGINX
 
-# The gateway side's ceiling under Node.js (scenario 2): the probe server
-# with the same @grpc/grpc-js and proto-loader versions as deno.json, from
-# the npm registry. Without Node.js or npm, that arm is skipped with a note.
+# The gateway side's ceiling and the relay floor under Node.js (scenarios
+# 2 and 1): the probe servers with the same @grpc/grpc-js and proto-loader
+# versions as deno.json, from the npm registry. Without Node.js or npm,
+# those arms are skipped with a note.
 CEILING_NODE_DIR=""
 if command -v node >/dev/null && command -v npm >/dev/null; then
   ceiling=.tools/bench/ceiling-node
@@ -83,7 +84,7 @@ if command -v node >/dev/null && command -v npm >/dev/null; then
     fi
   fi
   if [ -f "$ceiling/.pins" ]; then
-    cp bench/probe/grpc_ceiling.mjs "$ceiling/"
+    cp bench/probe/grpc_ceiling.mjs bench/probe/grpc_relay.mjs "$ceiling/"
     CEILING_NODE_DIR="$PWD/$ceiling"
   fi
 fi

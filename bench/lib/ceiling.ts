@@ -6,6 +6,11 @@
  * sidecar's V8 flags) and, when `bench/run.sh` could install the same
  * package versions for it, under Node.js.
  *
+ * The relay floor is its sibling, `bench/probe/grpc_relay.mjs`: grpc-js
+ * carrying each call to the worker and each chunk back, nothing more, on
+ * the same two runtimes; and the same relay in Go (`cyload relay`), to
+ * show what one more hop costs in a compiled runtime (scenario 1).
+ *
  * @module
  */
 
@@ -15,6 +20,9 @@ import { productionV8Flags } from "./stack.ts";
 
 /** The runtime a ceiling server runs on. */
 export type CeilingRuntime = "deno" | "node";
+
+/** The runtimes a relay floor runs on: the ceiling's two, and Go. */
+export type RelayRuntime = CeilingRuntime | "go";
 
 /** A running ceiling server. */
 export interface Ceiling {
@@ -28,31 +36,64 @@ export function nodeCeilingDir(): string | null {
 }
 
 /** Starts the ceiling server on `runtime`; resolves once it listens. */
-export async function startCeiling(
+export function startCeiling(
   env: Env,
   runtime: CeilingRuntime,
 ): Promise<Ceiling> {
+  return startProbe(env, runtime, "grpc_ceiling.mjs", []);
+}
+
+/**
+ * Starts a bare relay to the worker on `socket` (scenario 1's relay
+ * floor): `bench/probe/grpc_relay.mjs` on Deno or Node.js, or the load
+ * generator's `relay` (Go's net/http); resolves once the worker has
+ * welcomed it and it listens.
+ */
+export async function startRelay(
+  env: Env,
+  runtime: RelayRuntime,
+  socket: string,
+): Promise<Ceiling> {
+  if (runtime !== "go") {
+    return startProbe(env, runtime, "grpc_relay.mjs", [socket]);
+  }
+  const proc = new Proc("relay-go", env.cyload, ["relay", "-socket", socket]);
+  const line = await proc.waitFor(/relay listening on /, 30_000);
+  return { proc, addr: line.trim().split(" ").at(-1)! };
+}
+
+async function startProbe(
+  env: Env,
+  runtime: CeilingRuntime,
+  script: string,
+  extra: string[],
+): Promise<Ceiling> {
   const proto = `${env.root}/proto`;
+  const name = `${script.replace(/\.mjs$/, "")}-${runtime}`;
   let proc: Proc;
   if (runtime === "deno") {
     const v8 = productionV8Flags();
-    proc = new Proc("ceiling-deno", env.deno, [
+    proc = new Proc(name, env.deno, [
       "run",
       "--allow-net=127.0.0.1",
-      `--allow-read=${proto}`,
+      // The relay's extra argument is the worker's socket: read and write.
+      `--allow-read=${[proto, ...extra].join(",")}`,
+      ...(extra.length ? [`--allow-write=${extra.join(",")}`] : []),
       "--allow-env",
       ...(v8.length ? [`--v8-flags=${v8.join(",")}`] : []),
-      "bench/probe/grpc_ceiling.mjs",
+      `bench/probe/${script}`,
       proto,
       "0",
+      ...extra,
     ], { cwd: env.root });
   } else {
     const dir = nodeCeilingDir();
     if (!dir) throw new Error("no Node.js ceiling installed");
-    proc = new Proc("ceiling-node", "node", [
-      `${dir}/grpc_ceiling.mjs`,
+    proc = new Proc(name, "node", [
+      `${dir}/${script}`,
       proto,
       "0",
+      ...extra,
     ], { cwd: dir });
   }
   const line = await proc.waitFor(/^listening \d+/, 30_000);

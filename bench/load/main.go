@@ -3,6 +3,7 @@
 //	cyload gen     -addr HOST:PORT ...  Sidecar/Generate at a fixed concurrency
 //	cyload floor   -socket PATH ...     the same generations straight off a worker
 //	cyload billing -listen HOST:PORT    a billing endpoint that accepts everything
+//	cyload relay   -socket PATH ...     a bare gRPC relay to a worker (the relay floor)
 //
 // gen and floor print one JSON object (counts, rates, token latency when
 // -stamp is given, and their own CPU) on stdout; gen with -request-latency
@@ -21,7 +22,7 @@ import (
 
 func main() {
 	if len(os.Args) < 2 {
-		fmt.Fprintln(os.Stderr, "usage: cyload gen|floor|billing [flags]")
+		fmt.Fprintln(os.Stderr, "usage: cyload gen|floor|billing|relay [flags]")
 		os.Exit(2)
 	}
 	fs := flag.NewFlagSet(os.Args[1], flag.ExitOnError)
@@ -60,8 +61,17 @@ func main() {
 			os.Exit(1)
 		}
 		return
+	case "relay":
+		socket := fs.String("socket", "/tmp/cy_worker.sock", "worker socket")
+		listen := fs.String("listen", "127.0.0.1:0", "address to listen on")
+		fs.Parse(os.Args[2:])
+		if err := runRelay(*listen, *socket); err != nil {
+			fmt.Fprintln(os.Stderr, "relay:", err)
+			os.Exit(1)
+		}
+		return
 	default:
-		fmt.Fprintln(os.Stderr, "usage: cyload gen|floor|billing [flags]")
+		fmt.Fprintln(os.Stderr, "usage: cyload gen|floor|billing|relay [flags]")
 		os.Exit(2)
 	}
 	enc := json.NewEncoder(os.Stdout)

@@ -8,10 +8,24 @@
  * of the worker protocol: the Go one (the same reader stack as the gRPC
  * client, so the difference is the sidecar's) and a Python one.
  *
+ * Beside the sidecar, the same generations go through the relay floor
+ * (`bench/probe/grpc_relay.mjs`): bare grpc-js carrying each call to the
+ * worker and each chunk back, and nothing else, on Deno with the
+ * sidecar's V8 flags and on Node.js. What the relay adds on Deno is what
+ * the runtime and grpc-js cost before the sidecar does any work of its
+ * own; the Node.js relay tells the runtime's share from grpc-js's, and the
+ * same relay in Go (`cyload relay`) what one more hop costs this machine.
+ *
  * @module
  */
 
 import type { Context } from "../lib/context.ts";
+import {
+  type Ceiling,
+  nodeCeilingDir,
+  type RelayRuntime,
+  startRelay,
+} from "../lib/ceiling.ts";
 import {
   failures,
   type LoadSpec,
@@ -40,16 +54,51 @@ const PERCENTILES = [
   { key: "p999_us", name: "p99.9" },
 ] as const;
 
+const RUNTIME_NAME: Record<RelayRuntime, string> = {
+  deno: "Deno",
+  node: "Node.js",
+  go: "Go",
+};
+
+/** What the relay on `rt` is, as a row names it. */
+function relayName(rt: RelayRuntime): string {
+  return rt === "go"
+    ? "a bare relay in Go (net/http)"
+    : `a bare grpc-js relay on ${RUNTIME_NAME[rt]}`;
+}
+
+/** CPU of the process watched as `who`, over the measured window. */
+function percentOfCore(m: Measured, who: string): number {
+  return 100 * m.cpuS[who] / m.load.window_s;
+}
+
 /** Runs scenario 1. */
 export async function latency(ctx: Context): Promise<void> {
   const { env, durations: d, report } = ctx;
   const reps = ctx.options.repetitions;
-  type Triple = { sidecar: Measured; floor: Measured; py: Measured };
-  const byLoad = LOADS.map(() => [] as Triple[]);
+  const runtimes: RelayRuntime[] = nodeCeilingDir()
+    ? ["deno", "node", "go"]
+    : ["deno", "go"];
+  if (!runtimes.includes("node")) {
+    report.note(
+      `${NAME}: the Node.js relay floor was skipped (bash bench/run.sh installs it with npm when Node.js is present)`,
+    );
+  }
+  type Runs = {
+    sidecar: Measured;
+    floor: Measured;
+    py: Measured;
+    relay: Partial<Record<RelayRuntime, Measured>>;
+  };
+  const byLoad = LOADS.map(() => [] as Runs[]);
 
   for (let rep = 0; rep < reps; rep++) {
     const stack = await startStack(env, { metering: "durable" });
+    const relays: Partial<Record<RelayRuntime, Ceiling>> = {};
     try {
+      for (const runtime of runtimes) {
+        relays[runtime] = await startRelay(env, runtime, stack.socket);
+      }
       for (const [i, load] of LOADS.entries()) {
         const spec: LoadSpec = {
           streams: load.streams,
@@ -62,13 +111,34 @@ export async function latency(ctx: Context): Promise<void> {
         const watch = { sidecar: stack.sidecar.pid, worker: stack.sim.pid };
         const sidecar = await runGrpc(env, stack.grpcAddr, spec, watch);
         await waitIdle(stack);
+        const relay: Runs["relay"] = {};
+        for (const runtime of runtimes) {
+          const r = relays[runtime]!;
+          relay[runtime] = await runGrpc(env, r.addr, spec, {
+            relay: r.proc.pid,
+            worker: stack.sim.pid,
+          });
+        }
         const floor = await runFloor(env, stack.socket, spec, watch);
         const py = await runPyFloor(env, stack.socket, spec, watch);
-        byLoad[i].push({ sidecar, floor, py });
-        report.detail(NAME, { load: load.label, rep, sidecar, floor, py });
-        for (
-          const [what, m] of [["sidecar", sidecar], ["floor", floor]] as const
-        ) {
+        byLoad[i].push({ sidecar, floor, py, relay });
+        report.detail(NAME, {
+          load: load.label,
+          rep,
+          sidecar,
+          floor,
+          py,
+          relay,
+        });
+        const checked: [string, Measured][] = [
+          ["sidecar", sidecar],
+          ["floor", floor],
+          ...runtimes.map((rt): [string, Measured] => [
+            `relay on ${RUNTIME_NAME[rt]}`,
+            relay[rt]!,
+          ]),
+        ];
+        for (const [what, m] of checked) {
           const failed = failures(m.load);
           if (failed) {
             report.note(
@@ -78,6 +148,7 @@ export async function latency(ctx: Context): Promise<void> {
         }
       }
     } finally {
+      for (const r of Object.values(relays)) await r.proc.stop();
       await stack.stop();
     }
   }
@@ -129,7 +200,44 @@ export async function latency(ctx: Context): Promise<void> {
         "µs",
         { digits: 0, target },
       );
+      if (p.name === "p99.9") continue;
+      for (const rt of runtimes) {
+        report.add(
+          NAME,
+          `${p.name} through ${relayName(rt)}`,
+          load.label,
+          runs.map((r) => lat(r.relay[rt]!, p.key)),
+          "µs",
+          { digits: 0 },
+        );
+        report.add(
+          NAME,
+          `${p.name} added by the bare relay, ${RUNTIME_NAME[rt]}`,
+          load.label,
+          runs.map((r) => lat(r.relay[rt]!, p.key) - lat(r.floor, p.key)),
+          "µs",
+          { digits: 0 },
+        );
+      }
     }
+    for (const rt of runtimes) {
+      report.add(
+        NAME,
+        `bare relay CPU, ${RUNTIME_NAME[rt]}`,
+        load.label,
+        runs.map((r) => percentOfCore(r.relay[rt]!, "relay")),
+        "% of a core",
+        { digits: 1 },
+      );
+    }
+    report.add(
+      NAME,
+      "sidecar CPU",
+      load.label,
+      runs.map((r) => percentOfCore(r.sidecar, "sidecar")),
+      "% of a core",
+      { digits: 1 },
+    );
     report.add(
       NAME,
       "tokens measured per run (sidecar)",
@@ -141,6 +249,12 @@ export async function latency(ctx: Context): Promise<void> {
   }
   report.note(
     `${NAME}: "added" is the sidecar's percentile minus the Go floor reader's percentile from the same repetition, ` +
-      "then the median over repetitions. Both readers are Go, so the reader's own cost cancels; the Python floor is shown for reference.",
+      "then the median over repetitions; a relay's is its percentile minus the same floor. Both readers are Go, so the reader's own cost cancels " +
+      "(the floor dates each frame by the socket read that brought it, not by when its turn to be decoded came); the Python floor is shown for reference.",
+  );
+  report.note(
+    `${NAME}: the bare relay (bench/probe/grpc_relay.mjs on Deno and Node.js, cyload relay in Go) carries each call to the same worker over protocol version 2 ` +
+      "and writes each chunk to its call as it arrives: no validation, metering, metrics, heartbeats or write coalescing. " +
+      "Each repetition loads the sidecar, then the relays, then the floors, one after the other.",
   );
 }
