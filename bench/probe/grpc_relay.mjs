@@ -1,16 +1,22 @@
 // The floor of a relay on this runtime: a bare @grpc/grpc-js server that
 // carries each Generate call to the worker over the worker protocol
 // (version 2, as the sidecar speaks it: docs/worker-protocol.md) and
-// writes every chunk to the call as it arrives. It does what the sidecar's data path must do and nothing
-// more: no validation, metering, metrics, heartbeats, reconnects or
-// coalescing of writes. Scenario 1 reads its added latency beside the
-// sidecar's, so the share of the runtime and grpc-js can be told apart
-// from the sidecar's own.
+// writes every chunk to the call as it arrives. It does what the
+// sidecar's data path must do and nothing more: no validation, metering,
+// metrics, heartbeats or reconnects. Scenario 1 reads its added latency
+// beside the sidecar's, so the share of the runtime and grpc-js can be
+// told apart from the sidecar's own.
 //
 // On Deno it reads the worker's socket with Deno.connect, as the sidecar
 // does; on Node.js with node:net.
 //
-//   grpc_relay.mjs PROTO_DIR PORT WORKER_SOCKET
+// With `cork`, the gateway connection is corked while the frames of one
+// read from the worker are written and uncorked in a nextTick queued after
+// them, so that they leave in one socket write, as the sidecar's delivery
+// ledger does (src/gateway/stream_transport.ts). Without it, Deno's
+// node:http2 sends every message with a syscall of its own.
+//
+//   grpc_relay.mjs PROTO_DIR PORT WORKER_SOCKET [cork]
 //
 // Prints "listening PORT" once bound and the worker has welcomed it; stops
 // on SIGTERM or SIGINT.
@@ -19,11 +25,12 @@ import * as grpc from "@grpc/grpc-js";
 import * as loader from "@grpc/proto-loader";
 import process from "node:process";
 
-const [protoDir, portArg, socketPath] = process.argv.slice(2);
-if (!protoDir || !portArg || !socketPath) {
-  console.error("usage: grpc_relay.mjs PROTO_DIR PORT WORKER_SOCKET");
+const [protoDir, portArg, socketPath, mode] = process.argv.slice(2);
+if (!protoDir || !portArg || !socketPath || (mode && mode !== "cork")) {
+  console.error("usage: grpc_relay.mjs PROTO_DIR PORT WORKER_SOCKET [cork]");
   process.exit(2);
 }
+const CORK = mode === "cork";
 
 // The sidecar's defaults: 32 chunks of credit, given back in halves.
 const CREDIT = 32;
@@ -98,12 +105,29 @@ function* frames(bytes) {
   pending = data.slice(off);
 }
 
-const calls = new Map(); // worker id -> { call, owed, requestId }
+const calls = new Map(); // worker id -> { call, owed, requestId, socket }
+
+// With `cork`: the gateway sockets corked during the current read.
+const corked = new Set();
+
+/** The socket under a grpc-js server call (grpc-js 1.14's layout), or null. */
+function socketOf(call) {
+  let c = call.call;
+  for (let i = 0; c && i < 8 && !("stream" in c); i++) c = c.nextCall;
+  return c?.stream?.session?.socket ?? null;
+}
 
 /** Writes one chunk to its call, and gives credit back in halves. */
 function forward(chunk) {
   const c = calls.get(chunk.id);
   if (!c) return;
+  if (CORK) {
+    c.socket ??= socketOf(c.call);
+    if (c.socket && !corked.has(c.socket)) {
+      c.socket.cork();
+      corked.add(c.socket);
+    }
+  }
   c.call.write({
     request_id: c.requestId,
     chunk: { text: chunk.text, token_ids: chunk.token_ids },
@@ -154,6 +178,15 @@ const send = await connectWorker(socketPath, (bytes) => {
         }),
       );
     }
+  }
+  // node:http2 serializes the frames written above in nextTicks of its
+  // own; an uncork queued after them lets those land in the cork first.
+  if (corked.size > 0) {
+    const sockets = [...corked];
+    corked.clear();
+    process.nextTick(() => {
+      for (const sock of sockets) sock.uncork();
+    });
   }
 });
 send(frame({

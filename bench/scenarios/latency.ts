@@ -13,8 +13,11 @@
  * worker and each chunk back, and nothing else, on Deno with the
  * sidecar's V8 flags and on Node.js. What the relay adds on Deno is what
  * the runtime and grpc-js cost before the sidecar does any work of its
- * own; the Node.js relay tells the runtime's share from grpc-js's, and the
- * same relay in Go (`cyload relay`) what one more hop costs this machine.
+ * own; the same relay on Deno with the sidecar's write coalescing (each
+ * read's writes corked into one socket write) shows what that technique
+ * leaves of it; the Node.js relay tells the runtime's share from
+ * grpc-js's, and the same relay in Go (`cyload relay`) what one more hop
+ * costs this machine.
  *
  * @module
  */
@@ -56,6 +59,7 @@ const PERCENTILES = [
 
 const RUNTIME_NAME: Record<RelayRuntime, string> = {
   deno: "Deno",
+  "deno-corked": "Deno, corked",
   node: "Node.js",
   go: "Go",
 };
@@ -77,8 +81,8 @@ export async function latency(ctx: Context): Promise<void> {
   const { env, durations: d, report } = ctx;
   const reps = ctx.options.repetitions;
   const runtimes: RelayRuntime[] = nodeCeilingDir()
-    ? ["deno", "node", "go"]
-    : ["deno", "go"];
+    ? ["deno", "deno-corked", "node", "go"]
+    : ["deno", "deno-corked", "go"];
   if (!runtimes.includes("node")) {
     report.note(
       `${NAME}: the Node.js relay floor was skipped (bash bench/run.sh installs it with npm when Node.js is present)`,
@@ -254,7 +258,8 @@ export async function latency(ctx: Context): Promise<void> {
   );
   report.note(
     `${NAME}: the bare relay (bench/probe/grpc_relay.mjs on Deno and Node.js, cyload relay in Go) carries each call to the same worker over protocol version 2 ` +
-      "and writes each chunk to its call as it arrives: no validation, metering, metrics, heartbeats or write coalescing. " +
-      "Each repetition loads the sidecar, then the relays, then the floors, one after the other.",
+      "and writes each chunk to its call as it arrives: no validation, metering, metrics or heartbeats. " +
+      "Plain, it sends each message as node:http2 hands it over (on Deno, a syscall per message); corked, the writes of one read from the worker leave in one socket write, " +
+      "as the sidecar's do. Each repetition loads the sidecar, then the relays, then the floors, one after the other.",
   );
 }
