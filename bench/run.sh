@@ -84,7 +84,7 @@ if command -v node >/dev/null && command -v npm >/dev/null; then
     fi
   fi
   if [ -f "$ceiling/.pins" ]; then
-    cp bench/probe/grpc_ceiling.mjs bench/probe/grpc_relay.mjs "$ceiling/"
+    cp bench/probe/grpc_ceiling.mjs bench/probe/grpc_relay.mjs bench/probe/grpc_probe_server.mjs "$ceiling/"
     CEILING_NODE_DIR="$PWD/$ceiling"
   fi
 fi

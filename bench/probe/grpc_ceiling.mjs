@@ -17,8 +17,8 @@
 // Prints "listening PORT" once bound; stops on SIGTERM or SIGINT.
 
 import * as grpc from "@grpc/grpc-js";
-import * as loader from "@grpc/proto-loader";
 import process from "node:process";
+import { serveOnLoopback, sidecarService } from "./grpc_probe_server.mjs";
 
 const [protoDir, portArg] = process.argv.slice(2);
 if (!protoDir || !portArg) {
@@ -26,14 +26,7 @@ if (!protoDir || !portArg) {
   process.exit(2);
 }
 
-const def = loader.loadSync(`${protoDir}/cy/sidecar/v1/sidecar.proto`, {
-  keepCase: true,
-  longs: String,
-  enums: String,
-  defaults: true,
-  oneofs: true,
-});
-const service = grpc.loadPackageDefinition(def).cy.sidecar.v1.Sidecar.service;
+const service = sidecarService(protoDir);
 
 const server = new grpc.Server({ "grpc.max_concurrent_streams": 1024 });
 // A prompt's `[[sim tokens=N ... itl_ms=X]]` with X > 0 streams N tokens X
@@ -81,18 +74,4 @@ server.addService(service, {
   },
 });
 
-server.bindAsync(
-  `127.0.0.1:${portArg}`,
-  grpc.ServerCredentials.createInsecure(),
-  (err, port) => {
-    if (err) {
-      console.error(`bind failed: ${err.message}`);
-      process.exit(1);
-    }
-    console.log(`listening ${port}`);
-  },
-);
-
-for (const sig of ["SIGTERM", "SIGINT"]) {
-  process.on(sig, () => server.tryShutdown(() => process.exit(0)));
-}
+serveOnLoopback(server, portArg);

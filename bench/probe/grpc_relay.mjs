@@ -22,8 +22,8 @@
 // on SIGTERM or SIGINT.
 
 import * as grpc from "@grpc/grpc-js";
-import * as loader from "@grpc/proto-loader";
 import process from "node:process";
+import { serveOnLoopback, sidecarService } from "./grpc_probe_server.mjs";
 
 const [protoDir, portArg, socketPath, mode] = process.argv.slice(2);
 if (!protoDir || !portArg || !socketPath || (mode && mode !== "cork")) {
@@ -198,14 +198,7 @@ send(frame({
 }));
 await welcome;
 
-const def = loader.loadSync(`${protoDir}/cy/sidecar/v1/sidecar.proto`, {
-  keepCase: true,
-  longs: String,
-  enums: String,
-  defaults: true,
-  oneofs: true,
-});
-const service = grpc.loadPackageDefinition(def).cy.sidecar.v1.Sidecar.service;
+const service = sidecarService(protoDir);
 
 let seq = 0;
 const server = new grpc.Server({ "grpc.max_concurrent_streams": 1024 });
@@ -235,18 +228,4 @@ server.addService(service, {
   },
 });
 
-server.bindAsync(
-  `127.0.0.1:${portArg}`,
-  grpc.ServerCredentials.createInsecure(),
-  (err, port) => {
-    if (err) {
-      console.error(`bind failed: ${err.message}`);
-      process.exit(1);
-    }
-    console.log(`listening ${port}`);
-  },
-);
-
-for (const sig of ["SIGTERM", "SIGINT"]) {
-  process.on(sig, () => server.tryShutdown(() => process.exit(0)));
-}
+serveOnLoopback(server, portArg);
