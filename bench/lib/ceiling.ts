@@ -24,7 +24,7 @@ export type CeilingRuntime = "deno" | "node";
 
 /**
  * The relay floors: on the ceiling's two runtimes, on Deno with each read's
- * writes corked into one socket write as the sidecar does, and in Go.
+ * chunks corked into one socket write as the sidecar does, and in Go.
  */
 export type RelayRuntime = CeilingRuntime | "deno-corked" | "go";
 

@@ -14,7 +14,7 @@
  * sidecar's V8 flags and on Node.js. What the relay adds on Deno is what
  * the runtime and grpc-js cost before the sidecar does any work of its
  * own; the same relay on Deno with the sidecar's write coalescing (each
- * read's writes corked into one socket write) shows what that technique
+ * read's chunks corked into one socket write) shows what that technique
  * leaves of it; the Node.js relay tells the runtime's share from
  * grpc-js's, and the same relay in Go (`cyload relay`) what one more hop
  * costs this machine.
@@ -259,7 +259,7 @@ export async function latency(ctx: Context): Promise<void> {
   report.note(
     `${NAME}: the bare relay (bench/probe/grpc_relay.mjs on Deno and Node.js, cyload relay in Go) carries each call to the same worker over protocol version 2 ` +
       "and writes each chunk to its call as it arrives: no validation, metering, metrics or heartbeats. " +
-      "Plain, it sends each message as node:http2 hands it over (on Deno, a syscall per message); corked, the writes of one read from the worker leave in one socket write, " +
+      "Plain, it sends each message as node:http2 hands it over (on Deno, a syscall per message); corked, the chunks of one read from the worker leave in one socket write, " +
       "as the sidecar's do. Each repetition loads the sidecar, then the relays, then the floors, one after the other.",
   );
 }
