@@ -43,10 +43,21 @@ export interface Sidecar {
   shutdown(graceMs: number): Promise<void>;
 }
 
+/** What {@link startSidecar} can be given besides its configuration. */
+export interface SidecarOptions {
+  /**
+   * Starts the meter; `startMeter` (src/metering/mod.ts) by default. The
+   * benchmark suite passes a minimal meter to measure the floor of what
+   * durable metering costs (bench/probe/floor_meter.ts).
+   */
+  startMeter?: typeof startMeter;
+}
+
 /** Starts every part of the sidecar described by `config`. */
 export async function startSidecar(
   config: Config,
   log: Logger,
+  options: SidecarOptions = {},
 ): Promise<Sidecar> {
   const metrics = new SidecarMetrics();
   const clock = realClock;
@@ -85,7 +96,7 @@ export async function startSidecar(
 
   // The meter checkpoints the usage of the generations this counts.
   const live = new LiveCount<Generation>();
-  const meter = await startMeter(
+  const meter = await (options.startMeter ?? startMeter)(
     config,
     metrics,
     log.child({ component: "metering" }),

@@ -13,8 +13,12 @@ import { denoFlags, permissionSet } from "../../src/permissions.ts";
 import type { Env } from "./env.ts";
 import { childrenOf, Proc, sleep } from "./procs.ts";
 
-/** How the sidecar meters in a run. */
-export type MeteringMode = "durable" | "off";
+/**
+ * How the sidecar meters in a run: its own meter durable, off, or the
+ * floor meter of `probe/floor_meter.ts` (durable metering's least work,
+ * for scenario 6) in its place.
+ */
+export type MeteringMode = "durable" | "off" | "floor";
 
 /** What a stack is started with. */
 export interface StackOptions {
@@ -137,7 +141,7 @@ worker_uds = "unix://${socket}"
 shutdown_grace_secs = 1
 
 [metering]
-mode = "${metering}"
+mode = "${metering === "off" ? "off" : "durable"}"
 billing_endpoint = "${billingUrl ?? ""}"
 # Large enough that a saturation run never fills it: a full queue would
 # refuse generations and the run would measure refusals.
@@ -184,7 +188,7 @@ export async function startSidecar(
     "run",
     ...flags,
     ...(options.denoFlags ?? []),
-    "main.ts",
+    options.metering === "floor" ? "bench/probe/floor_meter.ts" : "main.ts",
     "--config",
     configPath,
   ], { cwd: env.root });
@@ -220,9 +224,7 @@ export async function startStack(
   const socket = `${dir}/w.sock`;
   const started: Proc[] = [];
   try {
-    const billing = options.metering === "durable"
-      ? await startBilling(env)
-      : null;
+    const billing = options.metering !== "off" ? await startBilling(env) : null;
     if (billing) started.push(billing.proc);
     const sim = await startSim(
       env,

@@ -5,6 +5,11 @@
  * (posting to a local billing endpoint that accepts everything at once)
  * and on one with `mode = "off"`, alternating which goes first.
  *
+ * Scenario 6 also runs the short-generation workload on the sidecar with
+ * the floor meter of `probe/floor_meter.ts` in place of its own (durable
+ * metering's least work on Deno KV), so that the ratio reads against what
+ * any durable meter on Deno KV costs here; the three arms rotate order.
+ *
  * Scenario 2 also loads the gateway side's ceiling (`lib/ceiling.ts`: a
  * bare grpc-js server with a one-token reply) with the short-generation
  * workload in each repetition, on Deno and on Node.js, so that the
@@ -40,13 +45,17 @@ const SHORT = { streams: 128, tokens: 1 };
 // between tokens.
 const STREAMED = { streams: 256, tokens: 200 };
 
+/** An arm of the sidecar's own meter (durable or off): both workloads. */
+type Full = Required<Arm>;
+
 const SHORT_LOAD = `${SHORT.streams} in flight, 1 token each`;
 const STREAMED_LOAD =
   `${STREAMED.streams} streams x ${STREAMED.tokens} tokens, no pause`;
 
 interface Arm {
   short: Measured;
-  streamed: Measured;
+  /** Not run for the floor meter. */
+  streamed?: Measured;
 }
 
 async function runArm(ctx: Context, metering: MeteringMode): Promise<Arm> {
@@ -65,10 +74,9 @@ async function runArm(ctx: Context, metering: MeteringMode): Promise<Arm> {
       await stack.stop();
     }
   };
-  return {
-    short: await once({ ...base, ...SHORT }),
-    streamed: await once({ ...base, ...STREAMED }),
-  };
+  const short = await once({ ...base, ...SHORT });
+  if (metering === "floor") return { short };
+  return { short, streamed: await once({ ...base, ...STREAMED }) };
 }
 
 async function runCeiling(
@@ -96,8 +104,9 @@ export async function throughput(
 ): Promise<void> {
   const { report } = ctx;
   const reps = ctx.options.repetitions;
-  const on: Arm[] = [];
-  const off: Arm[] = [];
+  const on: Full[] = [];
+  const off: Full[] = [];
+  const floor: Arm[] = [];
   const ceilings: Record<CeilingRuntime, Measured[]> = { deno: [], node: [] };
   const runtimes: CeilingRuntime[] = nodeCeilingDir()
     ? ["deno", "node"]
@@ -109,11 +118,10 @@ export async function throughput(
   }
 
   for (let rep = 0; rep < reps; rep++) {
+    const arms: MeteringMode[] = ["durable", "off", "floor"];
     const order: MeteringMode[] = !which.six
       ? ["durable"]
-      : rep % 2 === 0
-      ? ["durable", "off"]
-      : ["off", "durable"];
+      : arms.map((_, i) => arms[(i + rep) % arms.length]);
     if (which.two) {
       for (const runtime of runtimes) {
         const m = await runCeiling(ctx, runtime);
@@ -127,7 +135,8 @@ export async function throughput(
     }
     for (const mode of order) {
       const arm = await runArm(ctx, mode);
-      (mode === "durable" ? on : off).push(arm);
+      if (mode === "floor") floor.push(arm);
+      else (mode === "durable" ? on : off).push(arm as Full);
       report.detail(which.two ? TWO : SIX, { metering: mode, rep, ...arm });
       for (
         const [what, m] of [["short", arm.short], [
@@ -135,6 +144,7 @@ export async function throughput(
           arm.streamed,
         ]] as const
       ) {
+        if (m === undefined) continue;
         const failed = failures(m.load);
         if (failed) {
           report.note(
@@ -325,13 +335,47 @@ export async function throughput(
         target: { op: ">=", value: 0.9, text: "≥ 0.90" },
       },
     );
+    const perGen = (m: Measured) => m.cpuS.sidecar / m.load.requests_ok;
     report.add(
       SIX,
       "sidecar CPU per short generation: durable / off",
       SHORT_LOAD,
+      on.map((a, i) => perGen(a.short) / perGen(off[i].short)),
+      "",
+      { digits: 2 },
+    );
+    report.add(
+      SIX,
+      "floor: short generations/s, a minimal durable meter on Deno KV",
+      SHORT_LOAD,
+      floor.map((a) => a.short.load.requests_per_s),
+      "/s",
+      { digits: 0 },
+    );
+    report.add(
+      SIX,
+      "floor: short generations, minimal meter / off",
+      SHORT_LOAD,
+      floor.map((a, i) =>
+        a.short.load.requests_per_s / off[i].short.load.requests_per_s
+      ),
+      "",
+      { digits: 2 },
+    );
+    report.add(
+      SIX,
+      "floor: sidecar CPU per short generation, minimal meter / off",
+      SHORT_LOAD,
+      floor.map((a, i) => perGen(a.short) / perGen(off[i].short)),
+      "",
+      { digits: 2 },
+    );
+    report.add(
+      SIX,
+      "short generations: durable / minimal meter",
+      SHORT_LOAD,
       on.map((a, i) =>
-        (a.short.cpuS.sidecar / a.short.load.requests_ok) /
-        (off[i].short.cpuS.sidecar / off[i].short.load.requests_ok)
+        a.short.load.requests_per_s / floor[i].short.load.requests_per_s
       ),
       "",
       { digits: 2 },
