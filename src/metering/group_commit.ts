@@ -209,13 +209,14 @@ export class GroupCommitWriter {
 
   // TODO(#5): at about 4,500 one-token generations/s, durable metering
   // takes about a tenth of the sidecar's busy samples, and this commit is
-  // most of it: 7.5% with the op (3.6%), V8 serialization (1.1%) and the
-  // size estimates of kv_limits.ts (1.6%). The reporter takes 2.1%, reading
-  // the chunks back only 1%. That puts throughput with it at 0.81 to 0.93
-  // of throughput without it across runs (target 0.9). A commit already
-  // holds about 38 records at that rate, so the cost is per record (its
-  // share of serialization and sizing), not per commit: a longer commit
-  // window would not buy it back.
+  // most of it: the op, V8 serialization and the size estimates of
+  // kv_limits.ts. Throughput with it is 0.81 to 0.93 of throughput without
+  // it across runs (target 0.9). Scenario 6's floor, a meter that only
+  // commits, posts and deletes (bench/probe/floor_meter.ts), was at 0.85
+  // over five repetitions and this meter at 0.98 of it: the rest is Deno KV's
+  // commit and V8's serialization, not the code around them. A commit
+  // already holds about 38 records at that rate, so a longer commit window
+  // would not buy it back either.
   async #commit(batch: Write[]): Promise<void> {
     const op = this.#kv.atomic();
     const finals: Write[] = [];
