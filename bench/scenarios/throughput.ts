@@ -335,50 +335,36 @@ export async function throughput(
         target: { op: ">=", value: 0.9, text: "≥ 0.90" },
       },
     );
-    const perGen = (m: Measured) => m.cpuS.sidecar / m.load.requests_ok;
-    report.add(
-      SIX,
+    // Per repetition, one arm against another at the short-generation load.
+    const rate = (a: Arm) => a.short.load.requests_per_s;
+    const perGen = (a: Arm) => a.short.cpuS.sidecar / a.short.load.requests_ok;
+    const ratio = (metric: string, of: (rep: number) => number) =>
+      report.add(SIX, metric, SHORT_LOAD, on.map((_, i) => of(i)), "", {
+        digits: 2,
+      });
+    ratio(
       "sidecar CPU per short generation: durable / off",
-      SHORT_LOAD,
-      on.map((a, i) => perGen(a.short) / perGen(off[i].short)),
-      "",
-      { digits: 2 },
+      (i) => perGen(on[i]) / perGen(off[i]),
     );
     report.add(
       SIX,
       "floor: short generations/s, a minimal durable meter on Deno KV",
       SHORT_LOAD,
-      floor.map((a) => a.short.load.requests_per_s),
+      floor.map(rate),
       "/s",
       { digits: 0 },
     );
-    report.add(
-      SIX,
+    ratio(
       "floor: short generations, minimal meter / off",
-      SHORT_LOAD,
-      floor.map((a, i) =>
-        a.short.load.requests_per_s / off[i].short.load.requests_per_s
-      ),
-      "",
-      { digits: 2 },
+      (i) => rate(floor[i]) / rate(off[i]),
     );
-    report.add(
-      SIX,
+    ratio(
       "floor: sidecar CPU per short generation, minimal meter / off",
-      SHORT_LOAD,
-      floor.map((a, i) => perGen(a.short) / perGen(off[i].short)),
-      "",
-      { digits: 2 },
+      (i) => perGen(floor[i]) / perGen(off[i]),
     );
-    report.add(
-      SIX,
+    ratio(
       "short generations: durable / minimal meter",
-      SHORT_LOAD,
-      on.map((a, i) =>
-        a.short.load.requests_per_s / floor[i].short.load.requests_per_s
-      ),
-      "",
-      { digits: 2 },
+      (i) => rate(on[i]) / rate(floor[i]),
     );
     const { options, durations: d } = ctx;
     if (
