@@ -13,7 +13,11 @@
  * Scenario 2 also loads the gateway side's ceiling (`lib/ceiling.ts`: a
  * bare grpc-js server with a one-token reply) with the short-generation
  * workload in each repetition, on Deno and on Node.js, so that the
- * sidecar's rate reads against what grpc-js itself serves here.
+ * sidecar's rate reads against what grpc-js itself serves here; and the
+ * relay floor of scenario 1 on Deno, corked as the sidecar corks (bare
+ * grpc-js carrying each call to the same simulator and its chunk back),
+ * so that it reads against what any sidecar on Deno that goes to the
+ * worker serves.
  *
  * @module
  */
@@ -23,6 +27,7 @@ import {
   type CeilingRuntime,
   nodeCeilingDir,
   startCeiling,
+  startRelay,
 } from "../lib/ceiling.ts";
 import type { ProfileSummary } from "../lib/cpu_profile.ts";
 import { profileRun } from "../lib/profile_run.ts";
@@ -97,6 +102,30 @@ async function runCeiling(
   }
 }
 
+/**
+ * The short-generation workload through the corked relay on Deno, in front
+ * of a simulator of its own (the stack's sidecar stays idle beside it).
+ */
+async function runRelay(ctx: Context): Promise<Measured> {
+  const { env, durations: d } = ctx;
+  const stack = await startStack(env, { metering: "off" });
+  try {
+    const relay = await startRelay(env, "deno-corked", stack.socket);
+    try {
+      return await runGrpc(env, relay.addr, {
+        ...SHORT,
+        durationS: d.throughputS,
+        warmupS: d.warmupS,
+        itlMs: 0,
+      }, { server: relay.proc.pid, worker: stack.sim.pid });
+    } finally {
+      await relay.proc.stop();
+    }
+  } finally {
+    await stack.stop();
+  }
+}
+
 /** Runs scenario 2, scenario 6, or both (they share their runs). */
 export async function throughput(
   ctx: Context,
@@ -108,6 +137,7 @@ export async function throughput(
   const off: Full[] = [];
   const floor: Arm[] = [];
   const ceilings: Record<CeilingRuntime, Measured[]> = { deno: [], node: [] };
+  const relays: Measured[] = [];
   const runtimes: CeilingRuntime[] = nodeCeilingDir()
     ? ["deno", "node"]
     : ["deno"];
@@ -132,6 +162,11 @@ export async function throughput(
           report.note(`${TWO}, ${runtime} ceiling: failed requests: ${failed}`);
         }
       }
+      const relay = await runRelay(ctx);
+      relays.push(relay);
+      report.detail(TWO, { relay: "deno-corked", rep, ...relay });
+      const failed = failures(relay.load);
+      if (failed) report.note(`${TWO}, relay: failed requests: ${failed}`);
     }
     for (const mode of order) {
       const arm = await runArm(ctx, mode);
@@ -199,6 +234,54 @@ export async function throughput(
         SHORT_LOAD,
         on.map((a, i) =>
           a.short.load.requests_per_s / runs[i].load.requests_per_s
+        ),
+        "",
+        { digits: 2 },
+      );
+    }
+    report.add(
+      TWO,
+      "floor: a bare grpc-js relay to the worker on Deno, corked",
+      SHORT_LOAD,
+      relays.map((m) => m.load.requests_per_s),
+      "/s",
+      { digits: 0 },
+    );
+    report.add(
+      TWO,
+      "relay CPU per generation",
+      SHORT_LOAD,
+      relays.map((m) => 1e6 * m.cpuS.server / m.load.requests_ok),
+      "µs",
+      { digits: 0 },
+    );
+    report.add(
+      TWO,
+      "sidecar CPU per generation (metering durable)",
+      SHORT_LOAD,
+      on.map((a) => 1e6 * a.short.cpuS.sidecar / a.short.load.requests_ok),
+      "µs",
+      { digits: 0 },
+    );
+    report.add(
+      TWO,
+      "sidecar / relay",
+      SHORT_LOAD,
+      on.map((a, i) =>
+        a.short.load.requests_per_s / relays[i].load.requests_per_s
+      ),
+      "",
+      { digits: 2 },
+    );
+    if (off.length === relays.length) {
+      // Run with scenario 6: the sidecar doing what the relay does, and
+      // its own checks, ledger and metrics, but no metering.
+      report.add(
+        TWO,
+        "sidecar with metering off / relay",
+        SHORT_LOAD,
+        off.map((a, i) =>
+          a.short.load.requests_per_s / relays[i].load.requests_per_s
         ),
         "",
         { digits: 2 },
