@@ -213,10 +213,10 @@ export class GroupCommitWriter {
   // kv_limits.ts. Throughput with it is 0.81 to 0.93 of throughput without
   // it across runs (target 0.9). Scenario 6's floor, a meter that only
   // commits, posts and deletes (bench/probe/floor_meter.ts), was at 0.85
-  // over five repetitions and this meter at 0.98 of it: the rest is Deno KV's
-  // commit and V8's serialization, not the code around them. A commit
-  // already holds about 38 records at that rate, so a longer commit window
-  // would not buy it back either.
+  // and 0.88 in two five-repetition runs, this meter at 0.98 and 0.95 of
+  // it: most of the cost is Deno KV's commit and V8's serialization, not
+  // the code around them. A commit already holds about 38 records at that
+  // rate, so a longer commit window would not buy it back either.
   async #commit(batch: Write[]): Promise<void> {
     const op = this.#kv.atomic();
     const finals: Write[] = [];
