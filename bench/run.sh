@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The benchmark suite, in one command:
 #
-#   bash bench/run.sh            # full run (about 47 minutes, 10 of them soak)
+#   bash bench/run.sh            # full run (about 49 minutes, 10 of them soak)
 #   bash bench/run.sh --smoke    # every scenario for seconds (CI)
 #   bash bench/run.sh --help     # every option
 #
