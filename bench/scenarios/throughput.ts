@@ -84,19 +84,21 @@ async function runArm(ctx: Context, metering: MeteringMode): Promise<Arm> {
   return { short, streamed: await once({ ...base, ...STREAMED }) };
 }
 
+/** The short-generation workload, timed as the context says. */
+function shortSpec(ctx: Context): LoadSpec {
+  const d = ctx.durations;
+  return { ...SHORT, durationS: d.throughputS, warmupS: d.warmupS, itlMs: 0 };
+}
+
 async function runCeiling(
   ctx: Context,
   runtime: CeilingRuntime,
 ): Promise<Measured> {
-  const { env, durations: d } = ctx;
-  const ceiling = await startCeiling(env, runtime);
+  const ceiling = await startCeiling(ctx.env, runtime);
   try {
-    return await runGrpc(env, ceiling.addr, {
-      ...SHORT,
-      durationS: d.throughputS,
-      warmupS: d.warmupS,
-      itlMs: 0,
-    }, { server: ceiling.proc.pid });
+    return await runGrpc(ctx.env, ceiling.addr, shortSpec(ctx), {
+      server: ceiling.proc.pid,
+    });
   } finally {
     await ceiling.proc.stop();
   }
@@ -107,17 +109,14 @@ async function runCeiling(
  * of a simulator of its own (the stack's sidecar stays idle beside it).
  */
 async function runRelay(ctx: Context): Promise<Measured> {
-  const { env, durations: d } = ctx;
-  const stack = await startStack(env, { metering: "off" });
+  const stack = await startStack(ctx.env, { metering: "off" });
   try {
-    const relay = await startRelay(env, "deno-corked", stack.socket);
+    const relay = await startRelay(ctx.env, "deno-corked", stack.socket);
     try {
-      return await runGrpc(env, relay.addr, {
-        ...SHORT,
-        durationS: d.throughputS,
-        warmupS: d.warmupS,
-        itlMs: 0,
-      }, { server: relay.proc.pid, worker: stack.sim.pid });
+      return await runGrpc(ctx.env, relay.addr, shortSpec(ctx), {
+        server: relay.proc.pid,
+        worker: stack.sim.pid,
+      });
     } finally {
       await relay.proc.stop();
     }
@@ -191,6 +190,14 @@ export async function throughput(
   }
 
   const pct = (m: Measured, who: string) => 100 * m.cpuS[who] / m.load.window_s;
+  const usPerCall = (m: Measured, who: string) =>
+    1e6 * m.cpuS[who] / m.load.requests_ok;
+  // Short generations/s of the sidecar's arms over another server's, per
+  // repetition.
+  const overRate = (arms: Arm[], others: Measured[]) =>
+    arms.map((a, i) =>
+      a.short.load.requests_per_s / others[i].load.requests_per_s
+    );
   if (which.two) {
     const shortRate = report.add(
       TWO,
@@ -232,9 +239,7 @@ export async function throughput(
         TWO,
         `sidecar / ceiling on ${runtimeName[runtime]}`,
         SHORT_LOAD,
-        on.map((a, i) =>
-          a.short.load.requests_per_s / runs[i].load.requests_per_s
-        ),
+        overRate(on, runs),
         "",
         { digits: 2 },
       );
@@ -251,7 +256,7 @@ export async function throughput(
       TWO,
       "relay CPU per generation",
       SHORT_LOAD,
-      relays.map((m) => 1e6 * m.cpuS.server / m.load.requests_ok),
+      relays.map((m) => usPerCall(m, "server")),
       "µs",
       { digits: 0 },
     );
@@ -259,7 +264,7 @@ export async function throughput(
       TWO,
       "sidecar CPU per generation (metering durable)",
       SHORT_LOAD,
-      on.map((a) => 1e6 * a.short.cpuS.sidecar / a.short.load.requests_ok),
+      on.map((a) => usPerCall(a.short, "sidecar")),
       "µs",
       { digits: 0 },
     );
@@ -267,9 +272,7 @@ export async function throughput(
       TWO,
       "sidecar / relay",
       SHORT_LOAD,
-      on.map((a, i) =>
-        a.short.load.requests_per_s / relays[i].load.requests_per_s
-      ),
+      overRate(on, relays),
       "",
       { digits: 2 },
     );
@@ -280,9 +283,7 @@ export async function throughput(
         TWO,
         "sidecar with metering off / relay",
         SHORT_LOAD,
-        off.map((a, i) =>
-          a.short.load.requests_per_s / relays[i].load.requests_per_s
-        ),
+        overRate(off, relays),
         "",
         { digits: 2 },
       );
@@ -348,7 +349,7 @@ export async function throughput(
       "/s",
       { digits: 0 },
     );
-    const { options, durations: d } = ctx;
+    const { options } = ctx;
     const missed = shortRate.value < 10_000;
     if (
       options.profile === "always" ||
@@ -357,12 +358,7 @@ export async function throughput(
       await profileRun(ctx, {
         scenario: TWO,
         label: SHORT_LOAD,
-        spec: {
-          ...SHORT,
-          itlMs: 0,
-          durationS: d.throughputS,
-          warmupS: d.warmupS,
-        },
+        spec: shortSpec(ctx),
         file: "cpu-profile-short-generations",
       });
     }
@@ -449,17 +445,12 @@ export async function throughput(
       "short generations: durable / minimal meter",
       (i) => rate(on[i]) / rate(floor[i]),
     );
-    const { options, durations: d } = ctx;
+    const { options } = ctx;
     if (
       options.profile === "always" ||
       (options.profile === "auto" && shortRatio.value < 0.9 && !options.smoke)
     ) {
-      await profileMetering(ctx, {
-        ...SHORT,
-        itlMs: 0,
-        durationS: d.throughputS,
-        warmupS: d.warmupS,
-      });
+      await profileMetering(ctx, shortSpec(ctx));
     }
   }
 }
