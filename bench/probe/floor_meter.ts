@@ -35,13 +35,13 @@ import { waitForShutdownSignal } from "../../src/lifecycle/signals.ts";
 import { createLogger, type Logger } from "../../src/log/logger.ts";
 import { encodeBatch } from "../../src/metering/format.ts";
 import { instanceName, type Meter } from "../../src/metering/mod.ts";
+import { PENDING } from "../../src/metering/queue_keys.ts";
 import { type UsageRecord, usageRecord } from "../../src/metering/record.ts";
 import { startSidecar } from "../../src/sidecar.ts";
 import { hostPort } from "../../src/util/host_port.ts";
 
 /** Records per chunk value: far under Deno KV's 64 KiB at bench sizes. */
 const RECORDS_PER_VALUE = 100;
-const PENDING = ["usage", "pending"];
 
 interface Waiting {
   record: UsageRecord;
@@ -66,13 +66,13 @@ export async function startFloorMeter(
   const instance = instanceName(config);
 
   let waiting: Waiting[] = [];
-  let committing = false;
+  // The commit loop while it runs.
+  let committing: Promise<void> | null = null;
   let pending = 0;
   let stopped = false;
   let wake: (() => void) | null = null;
 
   async function commitLoop(): Promise<void> {
-    committing = true;
     while (waiting.length > 0) {
       const batch = waiting;
       waiting = [];
@@ -92,7 +92,7 @@ export async function startFloorMeter(
       for (const w of batch) w.resolve();
       if (pending >= m.batchMaxRecords) wake?.();
     }
-    committing = false;
+    committing = null;
   }
 
   async function report(): Promise<void> {
@@ -112,7 +112,9 @@ export async function startFloorMeter(
       if (stopped) break;
       const keys: Deno.KvKey[] = [];
       const records: UsageRecord[] = [];
-      const list = kv.list<{ records: UsageRecord[] }>({ prefix: PENDING });
+      const list = kv.list<{ records: UsageRecord[] }>({
+        prefix: [...PENDING],
+      });
       for await (const e of list) {
         keys.push(e.key);
         records.push(...e.value.records);
@@ -145,7 +147,7 @@ export async function startFloorMeter(
       const record = usageRecord(outcome, instance);
       return new Promise<void>((resolve) => {
         waiting.push({ record, resolve });
-        if (!committing) void commitLoop();
+        committing ??= commitLoop();
       });
     },
     admit: () => null,
@@ -154,7 +156,7 @@ export async function startFloorMeter(
       stopped = true;
       wake?.();
       await reporter;
-      while (committing) await new Promise((r) => setTimeout(r, 5));
+      await committing;
       kv.close();
     },
   };

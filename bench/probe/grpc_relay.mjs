@@ -13,9 +13,10 @@
 // With `cork`, the gateway connection is corked while the chunks of one
 // read from the worker are written and uncorked in a nextTick queued after
 // them, so that they leave in one socket write, as the sidecar's delivery
-// ledger does (src/gateway/stream_transport.ts); `done` events, which carry
-// no measured token, are written as the plain relay writes them. Without it, Deno's
-// node:http2 sends every message with a syscall of its own.
+// ledger does (src/gateway/stream_transport.ts); `done` events, which
+// carry no measured token, are written as the plain relay writes them.
+// Without it, Deno's node:http2 sends every message with a syscall of its
+// own.
 //
 //   grpc_relay.mjs PROTO_DIR PORT WORKER_SOCKET [cork]
 //

@@ -50,9 +50,6 @@ const SHORT = { streams: 128, tokens: 1 };
 // between tokens.
 const STREAMED = { streams: 256, tokens: 200 };
 
-/** An arm of the sidecar's own meter (durable or off): both workloads. */
-type Full = Required<Arm>;
-
 const SHORT_LOAD = `${SHORT.streams} in flight, 1 token each`;
 const STREAMED_LOAD =
   `${STREAMED.streams} streams x ${STREAMED.tokens} tokens, no pause`;
@@ -62,6 +59,9 @@ interface Arm {
   /** Not run for the floor meter. */
   streamed?: Measured;
 }
+
+/** An arm of the sidecar's own meter (durable or off): both workloads. */
+type Full = Required<Arm>;
 
 async function runArm(ctx: Context, metering: MeteringMode): Promise<Arm> {
   const { env, durations: d } = ctx;
@@ -192,12 +192,11 @@ export async function throughput(
   const pct = (m: Measured, who: string) => 100 * m.cpuS[who] / m.load.window_s;
   const usPerCall = (m: Measured, who: string) =>
     1e6 * m.cpuS[who] / m.load.requests_ok;
+  const rate = (a: Arm) => a.short.load.requests_per_s;
   // Short generations/s of the sidecar's arms over another server's, per
   // repetition.
   const overRate = (arms: Arm[], others: Measured[]) =>
-    arms.map((a, i) =>
-      a.short.load.requests_per_s / others[i].load.requests_per_s
-    );
+    arms.map((a, i) => rate(a) / others[i].load.requests_per_s);
   if (which.two) {
     const shortRate = report.add(
       TWO,
@@ -276,7 +275,7 @@ export async function throughput(
       "",
       { digits: 2 },
     );
-    if (off.length === relays.length) {
+    if (which.six) {
       // Run with scenario 6: the sidecar doing what the relay does, and
       // its own checks, ledger and metrics, but no metering.
       report.add(
@@ -415,8 +414,7 @@ export async function throughput(
       },
     );
     // Per repetition, one arm against another at the short-generation load.
-    const rate = (a: Arm) => a.short.load.requests_per_s;
-    const perGen = (a: Arm) => a.short.cpuS.sidecar / a.short.load.requests_ok;
+    const perGen = (a: Arm) => usPerCall(a.short, "sidecar");
     const ratio = (metric: string, of: (rep: number) => number) =>
       report.add(SIX, metric, SHORT_LOAD, on.map((_, i) => of(i)), "", {
         digits: 2,
